@@ -1,0 +1,3 @@
+from textgan.cli import main
+
+main()
