@@ -1,3 +1,5 @@
+import sys
+
 from textgan.cli import main
 
-main()
+sys.exit(main())

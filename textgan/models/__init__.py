@@ -1,0 +1,67 @@
+"""Model registries: generators and discriminators, built by name from flat keyword arguments.
+
+Registries map a name to ``"module:Class"`` so that building an LSTM never imports
+``transformers``. Configs never reach into models: a recipe's ``generator:`` section is passed
+as keyword arguments to the class, after :func:`check_kwargs` has bound them to its signature.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import inspect
+
+from torch import nn
+
+GENERATORS = {
+    "lstm": "textgan.models.lstm:LSTMGenerator",
+    "rmc": "textgan.models.relational_memory:RMCGenerator",
+    "hf": "textgan.models.hf:HFGenerator",
+}
+DISCRIMINATORS = {
+    "relgan_cnn": "textgan.models.discriminators:RelGANDiscriminator",
+    "seqgan_cnn": "textgan.models.discriminators:SeqGANDiscriminator",
+}
+
+
+def _suggest(name: str, choices) -> str:
+    close = difflib.get_close_matches(str(name), list(choices), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def resolve(registry: dict[str, str], name: str, kind: str = "model") -> type:
+    """Return the class registered under ``name``; unknown names raise with suggestions."""
+    if name not in registry:
+        raise ValueError(
+            f"unknown {kind} '{name}'; choose one of {sorted(registry)}{_suggest(name, registry)}"
+        )
+    module, cls = registry[name].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def check_kwargs(cls: type, kwargs: dict, section: str) -> None:
+    """Bind ``kwargs`` to ``cls.__init__``; unknown names raise with suggestions."""
+    params = inspect.signature(cls.__init__).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    valid = [p for p in params if p != "self"]
+    for key in kwargs:
+        if key not in valid:
+            raise ValueError(
+                f"unknown key '{section}.{key}' for {cls.__name__}; valid keys: {valid}"
+                f"{_suggest(key, valid)}"
+            )
+
+
+def build_generator(name: str, **kwargs) -> nn.Module:
+    """Build a generator by registry name (``lstm``, ``rmc``, ``hf``)."""
+    cls = resolve(GENERATORS, name, "generator")
+    check_kwargs(cls, kwargs, "generator")
+    return cls(**kwargs)
+
+
+def build_discriminator(name: str, **kwargs) -> nn.Module:
+    """Build a discriminator by registry name (``relgan_cnn``, ``seqgan_cnn``)."""
+    cls = resolve(DISCRIMINATORS, name, "discriminator")
+    check_kwargs(cls, kwargs, "discriminator")
+    return cls(**kwargs)
