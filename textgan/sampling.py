@@ -73,14 +73,18 @@ def gumbel_noise(shape_or_like: Tensor | Sequence[int], rng: torch.Generator | N
                  device: torch.device | str | None = None) -> Tensor:
     """Float32 Gumbel(0, 1) noise, drawn as ``-log(E)`` with ``E ~ Exponential(1)``.
 
+    ``E`` is drawn by inversion, ``E = -log(U)`` with ``U ~ Uniform[0, 1)`` from ``torch.rand``
+    (in place: about 4x faster on CPU than ``Tensor.exponential_``). ``U = 0`` gives
+    ``g = -inf``, which never wins an argmax and gets zero softmax weight; float32 ``U`` caps
+    ``g`` at about 16.6, a tail of probability ``< 1e-7``.
+
     Args:
         shape_or_like: a shape, or a tensor whose shape and device are used.
         rng: optional ``torch.Generator`` (must live on the same device as the noise).
         device: device when a shape is given (default: the rng's device, else CPU).
 
     Returns:
-        float32 tensor of the requested shape. No epsilon is needed: ``exponential_`` never
-        returns 0 in float32 for practical purposes and ``-log`` of it is finite.
+        float32 tensor of the requested shape.
     """
     if isinstance(shape_or_like, Tensor):
         shape, device = shape_or_like.shape, shape_or_like.device
@@ -88,8 +92,8 @@ def gumbel_noise(shape_or_like: Tensor | Sequence[int], rng: torch.Generator | N
         shape = tuple(shape_or_like)
         if device is None:
             device = rng.device if rng is not None else "cpu"
-    e = torch.empty(shape, dtype=torch.float32, device=device).exponential_(generator=rng)
-    return -e.log()  # ~Gumbel(0,1)
+    u = torch.rand(shape, dtype=torch.float32, device=device, generator=rng)
+    return u.log_().neg_().log_().neg_()  # ~Gumbel(0,1): -log(E), E = -log(U) ~ Exp(1)
 
 
 def gumbel_max(logits: Tensor, rng: torch.Generator | None = None) -> Tensor:

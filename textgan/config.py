@@ -1,0 +1,280 @@
+"""Recipes: YAML files mapped onto typed dataclasses, with strict keys and dotted overrides.
+
+    cfg = load_recipe("recipes/relgan/oracle.yaml", overrides=["train.adv_steps=100"])
+
+A recipe has top-level keys ``algorithm``, ``seed``, ``output_dir``, ``resume``, ``description``
+and the sections ``data`` (:class:`~textgan.data.DataConfig`), ``generator`` and
+``discriminator`` (flat model kwargs plus ``name``/``init_from``, checked against the model's
+signature), ``sampler`` (:class:`SamplerConfig`), ``eval`` (:class:`EvalConfig`), ``pretrain``
+(the MLE trainer's config) and ``train`` (the algorithm's own config dataclass, from
+``TRAIN_CONFIGS``). An unknown key or a value of the wrong type raises ``ValueError`` naming the
+key and suggesting close matches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from textgan.data import DataConfig
+
+# algorithm -> "module:ConfigClass" for the `train:` section
+TRAIN_CONFIGS = {
+    "mle": "textgan.train.mle:MLEConfig",
+    "relgan": "textgan.train.relgan:RelGANConfig",
+    "seqgan": "textgan.train.seqgan:SeqGANConfig",
+    "vae": "textgan.train.vae:VAEConfig",
+}
+
+
+@dataclass
+class SamplerConfig:
+    """The ``sampler:`` section: how the generator's samples are drawn and relaxed."""
+
+    method: str = "gumbel_softmax"  # multinomial | gumbel_softmax | gumbel_st
+    schedule: str = "exp"  # temperature schedule (sampling.SCHEDULES)
+    beta_max: float = 100.0  # final inverse temperature for RelGAN schedules
+    tau: float = 1.0  # fixed temperature where no schedule applies (sampling, eval)
+    anneal_rate: float = 1e-4  # `anneal` schedule: tau = max(tau_min, exp(-rate * step))
+    tau_min: float = 0.5
+    feed: str = "hard"  # next-step input for relaxed methods: hard | soft
+
+    def __post_init__(self):
+        from textgan import sampling
+
+        if self.method not in sampling.METHODS:
+            raise ValueError(_choice_msg("sampler.method", self.method, sampling.METHODS))
+        if self.schedule not in sampling.SCHEDULES:
+            raise ValueError(_choice_msg("sampler.schedule", self.schedule, sampling.SCHEDULES))
+        if self.feed not in ("hard", "soft"):
+            raise ValueError(_choice_msg("sampler.feed", self.feed, ("hard", "soft")))
+        if not self.tau > 0:
+            raise ValueError(f"`sampler.tau` must be > 0, got {self.tau}")
+        if not self.beta_max >= 1:
+            raise ValueError(
+                f"`sampler.beta_max` must be >= 1 (inverse temperature), got {self.beta_max}"
+            )
+
+
+@dataclass
+class EvalConfig:
+    """The ``eval:`` section: periodic evaluation during training."""
+
+    every: int = 500  # evaluate every N optimizer steps (and at the end)
+    num_samples: int = 1000  # samples drawn for BLEU / NLL_oracle
+    num_refs: int | None = None  # references for BLEU (None = whole test set)
+    bleu: list = field(default_factory=lambda: [2, 3, 4, 5])  # BLEU orders on text
+    batch_size: int = 500  # batch size for NLL and sampling during evaluation
+    print_samples: int = 3  # decoded samples shown in the log
+
+    def __post_init__(self):
+        if self.every < 1:
+            raise ValueError(f"`eval.every` must be >= 1, got {self.every}")
+
+
+@dataclass
+class RecipeConfig:
+    algorithm: str
+    data: DataConfig
+    train: Any
+    seed: int = 0
+    output_dir: str = "runs/default"
+    resume: str | None = None  # None | "auto" | path to a checkpoint directory
+    description: str = ""
+    generator: dict = field(default_factory=lambda: {"name": "lstm"})
+    discriminator: dict = field(default_factory=dict)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    pretrain: Any = None
+    accelerate: dict = field(default_factory=dict)  # extra Accelerator kwargs (e.g. log_with)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _choice_msg(key: str, value, choices) -> str:
+    close = difflib.get_close_matches(str(value), list(choices), n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return f"`{key}` must be one of {list(choices)}, got '{value}'{hint}"
+
+
+def _import(spec: str):
+    module, name = spec.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def train_config_class(algorithm: str) -> type:
+    if algorithm not in TRAIN_CONFIGS:
+        raise ValueError(_choice_msg("algorithm", algorithm, TRAIN_CONFIGS))
+    return _import(TRAIN_CONFIGS[algorithm])
+
+
+# --------------------------------------------------------------------------------------------
+# dict -> dataclass with strict keys and type checks
+# --------------------------------------------------------------------------------------------
+
+
+def _check_type(value, tp, key: str):
+    """Return ``value`` converted to ``tp`` where lossless (int -> float), else raise."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _check_type(value, a, key)
+            except ValueError as e:
+                errors.append(str(e))
+        raise ValueError(errors[0] if errors else f"`{key}` has the wrong type")
+    base = origin or tp
+    ok = {
+        bool: isinstance(value, bool),
+        int: isinstance(value, int) and not isinstance(value, bool),
+        float: isinstance(value, (int, float)) and not isinstance(value, bool),
+        str: isinstance(value, str),
+        list: isinstance(value, (list, tuple)),
+        dict: isinstance(value, dict),
+    }.get(base)
+    if ok is None:
+        return value
+    if not ok:
+        raise ValueError(
+            f"`{key}` must be of type {getattr(base, '__name__', base)}, got "
+            f"{type(value).__name__} {value!r}"
+        )
+    if base is float:
+        return float(value)
+    if base is list:
+        return list(value)
+    return value
+
+
+def from_dict(cls: type, data: dict | None, prefix: str):
+    """Build dataclass ``cls`` from ``data``; unknown keys and wrong types raise ValueError."""
+    data = dict(data or {})
+    if not isinstance(data, dict):
+        raise ValueError(f"`{prefix}` must be a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=3)
+            hint = f"; did you mean {' or '.join(repr(f'{prefix}.{c}') for c in close)}?" \
+                if close else f"; valid keys: {names}"
+            raise ValueError(f"unknown recipe key '{prefix}.{key}'{hint}")
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = from_dict(tp, value, f"{prefix}.{key}")
+        else:
+            kwargs[key] = _check_type(value, tp, f"{prefix}.{key}")
+    return cls(**kwargs)
+
+
+# --------------------------------------------------------------------------------------------
+# Recipes
+# --------------------------------------------------------------------------------------------
+
+_TOP = [f.name for f in dataclasses.fields(RecipeConfig)]
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Set ``a.b=value`` pairs (values parsed as YAML scalars) into a nested dict."""
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(
+                f"override '{item}' is not of the form key=value (e.g. train.steps=100)"
+            )
+        key, text = item.split("=", 1)
+        value = yaml.safe_load(text) if text != "" else None
+        parts = key.strip().split(".")
+        node = raw
+        for i, p in enumerate(parts[:-1]):
+            if node.get(p) is None:
+                node[p] = {}
+            if not isinstance(node[p], dict):
+                raise ValueError(f"cannot set '{key}': '{'.'.join(parts[:i + 1])}' is not a section")
+            node = node[p]
+        node[parts[-1]] = value
+    return raw
+
+
+def read_recipe(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"recipe '{path}' does not exist; `textgan ls` lists recipes")
+    raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"recipe '{path}' must be a YAML mapping at top level")
+    return raw
+
+
+def build_config(raw: dict) -> RecipeConfig:
+    raw = dict(raw)
+    for key in raw:
+        if key not in _TOP:
+            close = difflib.get_close_matches(key, _TOP, n=2)
+            hint = f"; did you mean {close}?" if close else f"; valid keys: {_TOP}"
+            raise ValueError(f"unknown recipe key '{key}'{hint}")
+    if "algorithm" not in raw:
+        raise ValueError(f"the recipe has no `algorithm:`; choose one of {list(TRAIN_CONFIGS)}")
+    algorithm = raw["algorithm"]
+    train_cls = train_config_class(algorithm)
+    kwargs = {"algorithm": algorithm,
+              "data": from_dict(DataConfig, raw.get("data"), "data"),
+              "train": from_dict(train_cls, raw.get("train"), "train")}
+    if algorithm != "mle" or raw.get("pretrain") is not None:
+        kwargs["pretrain"] = from_dict(train_config_class("mle"), raw.get("pretrain"), "pretrain")
+    for key in ("seed", "output_dir", "resume", "description", "generator", "discriminator",
+                "accelerate"):
+        if key in raw:
+            tp = typing.get_type_hints(RecipeConfig)[key]
+            kwargs[key] = _check_type(raw[key], tp, key)
+    for key, cls in (("sampler", SamplerConfig), ("eval", EvalConfig)):
+        kwargs[key] = from_dict(cls, raw.get(key), key)
+    cfg = RecipeConfig(**kwargs)
+    _check_models(cfg)
+    return cfg
+
+
+def _check_models(cfg: RecipeConfig) -> None:
+    from textgan.models import DISCRIMINATORS, GENERATORS, check_kwargs, resolve
+
+    for section, registry in (("generator", GENERATORS), ("discriminator", DISCRIMINATORS)):
+        spec = dict(getattr(cfg, section))
+        if not spec:
+            continue
+        name = spec.pop("name", None)
+        spec.pop("init_from", None)
+        if name is None:
+            raise ValueError(f"`{section}.name` is required; choose one of {sorted(registry)}")
+        cls = resolve(registry, name, section)
+        # vocab_size / start_token come from the corpus, never from the recipe
+        check_kwargs(cls, spec, section)
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> RecipeConfig:
+    """Read a YAML recipe, apply dotted ``key=value`` overrides and validate everything."""
+    raw = apply_overrides(read_recipe(path), list(overrides or []))
+    return build_config(raw)
+
+
+def save_config(cfg: RecipeConfig, path: str | Path) -> None:
+    """Write the resolved config as YAML (atomically)."""
+    from textgan.data import _atomic_write_text
+
+    _atomic_write_text(Path(path), yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -1,0 +1,337 @@
+"""Corpora without code edits: a vocabulary, loaders for common formats, and the oracle data.
+
+A :class:`Corpus` holds padded ``LongTensor`` splits ``(N, T)``. For text, each sentence is
+``tokens + [eos]`` padded with ``pad`` to ``T = max_len + 1``, and generation starts from
+``bos``; for the synthetic oracle the tokens are ids ``0..V-1`` of fixed length with no specials
+(start token 0, as in SeqGAN).
+
+Formats (``DataConfig.path``):
+    * a directory with ``train.txt`` and ``test.txt`` (optional ``valid.txt``), one sentence per
+      line, whitespace tokens;
+    * a single ``.txt`` file, split into train/test by a seeded ``test_ratio``;
+    * a ``.jsonl`` / ``.json`` / ``.csv`` file with a ``text_field`` column (seeded split);
+    * a directory written by ``datasets.save_to_disk`` (``DatasetDict`` with ``train``/``test``
+      splits, or one ``Dataset``, then split).
+All are read with the ``datasets`` library, whose Arrow cache makes re-runs fast.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+log = logging.getLogger("textgan.data")
+
+SPECIALS = ("<pad>", "<bos>", "<eos>", "<unk>")
+
+
+class Vocab:
+    """Word vocabulary with ``<pad>``, ``<bos>``, ``<eos>``, ``<unk>`` at ids 0..3."""
+
+    def __init__(self, words: list[str]):
+        self.itos = list(SPECIALS) + [w for w in words if w not in SPECIALS]
+        self.stoi = {w: i for i, w in enumerate(self.itos)}
+        self.pad, self.bos, self.eos, self.unk = range(4)
+
+    @classmethod
+    def build(cls, sentences: list[list[str]], min_freq: int = 1,
+              max_size: int | None = None) -> Vocab:
+        """Words with count >= ``min_freq``, most frequent first (ties alphabetical)."""
+        counts = Counter(w for s in sentences for w in s)
+        words = sorted((w for w, c in counts.items() if c >= min_freq),
+                       key=lambda w: (-counts[w], w))
+        if max_size is not None:
+            words = words[: max(0, max_size - len(SPECIALS))]
+        if not words:
+            raise ValueError(
+                f"empty vocabulary: no word occurs at least `min_freq`={min_freq} times in "
+                f"the training data"
+            )
+        return cls(words)
+
+    def __len__(self) -> int:
+        return len(self.itos)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Vocab) and self.itos == other.itos
+
+    def encode(self, words: list[str]) -> list[int]:
+        return [self.stoi.get(w, self.unk) for w in words]
+
+    def decode(self, ids, stop_at_eos: bool = True) -> list[str]:
+        out = []
+        for i in ids:
+            i = int(i)
+            if stop_at_eos and i == self.eos:
+                break
+            if i not in (self.pad, self.bos, self.eos):
+                out.append(self.itos[i] if 0 <= i < len(self.itos) else "<unk>")
+        return out
+
+    def save(self, path: str | Path) -> None:
+        _atomic_write_text(Path(path), json.dumps({"itos": self.itos}, ensure_ascii=False))
+
+    @classmethod
+    def load(cls, path: str | Path) -> Vocab:
+        itos = json.loads(Path(path).read_text(encoding="utf-8"))["itos"]
+        if tuple(itos[:4]) != SPECIALS:
+            raise ValueError(f"vocabulary file '{path}' does not start with {SPECIALS}")
+        return cls(itos[4:])
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+@dataclass
+class DataConfig:
+    """The ``data:`` section of a recipe."""
+
+    name: str = "text"  # "text" (a corpus at `path`) or "oracle" (synthetic SeqGAN oracle)
+    path: str | None = None  # corpus directory or file (text), see module docstring
+    params: str | None = None  # oracle: official parameter file (.npz); None = random oracle
+    seed: int = 0  # oracle construction / sampling seed and text split seed
+    num_train: int = 10000  # oracle: training sequences
+    num_test: int = 10000  # oracle: held-out sequences
+    vocab_size: int = 5000  # oracle: vocabulary (random oracle only)
+    hidden_dim: int = 32  # oracle: embedding = hidden size (random oracle only)
+    seq_len: int = 20  # oracle: sequence length
+    max_len: int | None = None  # text: max words per sentence; None = longest in the data
+    overflow: str = "error"  # text, sentences longer than max_len: error | truncate | drop
+    min_freq: int = 1  # text: minimum count for a word to enter the vocabulary
+    max_vocab: int | None = None  # text: cap on vocabulary size (specials included)
+    text_field: str = "text"  # .jsonl/.csv/save_to_disk: column holding the sentence
+    test_ratio: float = 0.1  # single-file corpora: held-out fraction (seeded split)
+    lowercase: bool = False  # text: lower-case before tokenising
+
+    def __post_init__(self):
+        if self.name not in ("text", "oracle"):
+            raise ValueError(f"`data.name` must be 'text' or 'oracle', got '{self.name}'")
+        if self.overflow not in ("error", "truncate", "drop"):
+            raise ValueError(
+                f"`data.overflow` must be one of error|truncate|drop, got '{self.overflow}'"
+            )
+        if self.name == "text" and not self.path:
+            raise ValueError("`data.path` is required for text corpora (or set data.name=oracle)")
+        if self.max_len is not None and self.max_len < 1:
+            raise ValueError(f"`data.max_len` must be >= 1, got {self.max_len}")
+        if not 0.0 < self.test_ratio < 1.0:
+            raise ValueError(f"`data.test_ratio` must be in (0, 1), got {self.test_ratio}")
+
+
+@dataclass
+class Corpus:
+    """Padded token tensors plus what decoding and evaluation need.
+
+    Attributes:
+        train, test: ``(N, T)`` long. valid: optional.
+        vocab: :class:`Vocab` for text, None for the oracle (ids are the words).
+        vocab_size, start_token: what a generator needs. eos, pad: None for the oracle.
+        oracle: the :class:`~textgan.oracle.OracleLSTM` for synthetic data, else None.
+    """
+
+    train: Tensor
+    test: Tensor
+    vocab_size: int
+    start_token: int
+    vocab: Vocab | None = None
+    eos: int | None = None
+    pad: int | None = None
+    valid: Tensor | None = None
+    oracle: object | None = None
+
+    @property
+    def seq_len(self) -> int:
+        return self.train.shape[1]
+
+    def decode(self, tokens: Tensor) -> list[list[str]]:
+        """Token lists (words, or ids as strings for the oracle) for BLEU and files."""
+        if self.vocab is None:
+            return [[str(int(t)) for t in row] for row in tokens]
+        return [self.vocab.decode(row.tolist()) for row in tokens]
+
+    def lines(self, tokens: Tensor) -> list[str]:
+        return [" ".join(words) for words in self.decode(tokens)]
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def load_corpus(cfg: DataConfig, vocab: Vocab | None = None) -> Corpus:
+    """Build the corpus a recipe names. ``vocab`` (from a checkpoint) replaces building one."""
+    if cfg.name == "oracle":
+        return _oracle_corpus(cfg)
+    return _text_corpus(cfg, vocab)
+
+
+def _oracle_corpus(cfg: DataConfig) -> Corpus:
+    from textgan.oracle import OracleLSTM
+
+    if cfg.params:
+        oracle = OracleLSTM.from_npz(cfg.params, seq_len=cfg.seq_len)
+    else:
+        oracle = OracleLSTM.random(seed=cfg.seed, vocab_size=cfg.vocab_size,
+                                   hidden_dim=cfg.hidden_dim, seq_len=cfg.seq_len)
+    rng = torch.Generator().manual_seed(cfg.seed)
+    train = oracle.sample(cfg.num_train, rng=rng)
+    test = oracle.sample(cfg.num_test, rng=rng)
+    return Corpus(train=train, test=test, vocab_size=oracle.vocab_size,
+                  start_token=oracle.start_token, oracle=oracle)
+
+
+def read_sentences(cfg: DataConfig) -> dict[str, list[str]]:
+    """Raw sentences per split (``train``, ``test``, optional ``valid``) from ``cfg.path``."""
+    path = Path(cfg.path)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"`data.path` '{path}' does not exist; see data/README.md for how to obtain corpora"
+        )
+    if path.is_dir() and ((path / "dataset_dict.json").exists()
+                          or (path / "dataset_info.json").exists()):
+        splits = _read_saved_dataset(path, cfg)
+    elif path.is_dir():
+        files = {s: path / f"{s}.txt" for s in ("train", "test", "valid")}
+        for s in ("train", "test"):
+            if not files[s].is_file():
+                raise FileNotFoundError(
+                    f"corpus directory '{path}' has no {s}.txt (expected train.txt and test.txt, "
+                    f"optional valid.txt)"
+                )
+        files = {s: f for s, f in files.items() if f.is_file()}
+        splits = {s: _read_text_file(f) for s, f in files.items()}
+    elif path.suffix in (".txt", ""):
+        splits = _split(_read_text_file(path), cfg)
+    elif path.suffix in (".jsonl", ".json", ".csv"):
+        splits = _split(_read_table(path, cfg), cfg)
+    else:
+        raise ValueError(
+            f"`data.path` '{path}' has unsupported suffix '{path.suffix}'; use a directory, "
+            f".txt, .jsonl, .json, .csv or a datasets.save_to_disk directory"
+        )
+    for s, lines in splits.items():
+        if not lines:
+            raise ValueError(f"the {s} split of '{path}' is empty (no non-blank lines)")
+    return splits
+
+
+def _check_utf8(path: Path) -> None:
+    raw = path.read_bytes()
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise ValueError(
+            f"'{path}' is not valid UTF-8: byte {raw[e.start]:#04x} at line {line}; "
+            f"re-encode the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+        ) from None
+
+
+def _datasets():
+    import datasets
+
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+    return datasets
+
+
+def _read_text_file(path: Path) -> list[str]:
+    if path.stat().st_size == 0:
+        raise ValueError(f"'{path}' is empty")
+    _check_utf8(path)
+    ds = _datasets().load_dataset("text", data_files=str(path), split="train")
+    return [t for t in ds["text"] if t.strip()]
+
+
+def _read_table(path: Path, cfg: DataConfig) -> list[str]:
+    if path.stat().st_size == 0:
+        raise ValueError(f"'{path}' is empty")
+    _check_utf8(path)
+    builder = "csv" if path.suffix == ".csv" else "json"
+    ds = _datasets().load_dataset(builder, data_files=str(path), split="train")
+    return _column(ds, cfg, path)
+
+
+def _column(ds, cfg: DataConfig, where) -> list[str]:
+    if cfg.text_field not in ds.column_names:
+        raise ValueError(
+            f"`data.text_field` '{cfg.text_field}' is not a column of '{where}'; "
+            f"columns: {ds.column_names}"
+        )
+    return [t for t in ds[cfg.text_field] if isinstance(t, str) and t.strip()]
+
+
+def _read_saved_dataset(path: Path, cfg: DataConfig) -> dict[str, list[str]]:
+    ds = _datasets().load_from_disk(str(path))
+    if hasattr(ds, "keys"):  # DatasetDict
+        if "train" not in ds:
+            raise ValueError(f"saved dataset '{path}' has no 'train' split: {list(ds.keys())}")
+        names = {"validation": "valid", "valid": "valid", "test": "test", "train": "train"}
+        splits = {names[k]: _column(ds[k], cfg, f"{path}[{k}]") for k in ds if k in names}
+        return splits if "test" in splits else _split(splits["train"], cfg)
+    return _split(_column(ds, cfg, path), cfg)
+
+
+def _split(lines: list[str], cfg: DataConfig) -> dict[str, list[str]]:
+    if len(lines) < 2:
+        raise ValueError(f"'{cfg.path}' has {len(lines)} sentence(s); need at least 2 to split")
+    order = list(range(len(lines)))
+    random.Random(cfg.seed).shuffle(order)
+    n_test = max(1, round(len(lines) * cfg.test_ratio))
+    return {"train": [lines[i] for i in order[n_test:]],
+            "test": [lines[i] for i in order[:n_test]]}
+
+
+def _text_corpus(cfg: DataConfig, vocab: Vocab | None) -> Corpus:
+    raw = read_sentences(cfg)
+    tok = {s: [(line.lower() if cfg.lowercase else line).split() for line in lines]
+           for s, lines in raw.items()}
+    max_len = cfg.max_len or max(len(w) for lines in tok.values() for w in lines)
+    for s in tok:
+        tok[s] = _apply_max_len(tok[s], max_len, cfg.overflow, s)
+    if vocab is None:
+        vocab = Vocab.build(tok["train"], cfg.min_freq, cfg.max_vocab)
+    tensors = {s: _encode(vocab, lines, max_len) for s, lines in tok.items()}
+    n_unk = int((tensors["test"] == vocab.unk).sum())
+    if n_unk:
+        log.info("%d test tokens are out of vocabulary (mapped to <unk>)", n_unk)
+    return Corpus(train=tensors["train"], test=tensors["test"], valid=tensors.get("valid"),
+                  vocab=vocab, vocab_size=len(vocab), start_token=vocab.bos, eos=vocab.eos,
+                  pad=vocab.pad)
+
+
+def _apply_max_len(lines: list[list[str]], max_len: int, overflow: str,
+                   split: str) -> list[list[str]]:
+    long = sum(len(w) > max_len for w in lines)
+    if not long:
+        return lines
+    if overflow == "error":
+        raise ValueError(
+            f"{long} {split} sentence(s) are longer than `data.max_len`={max_len} words; raise "
+            f"max_len, or set data.overflow=truncate or data.overflow=drop"
+        )
+    log.warning("%s: %d sentence(s) longer than max_len=%d were %s", split, long, max_len,
+                "truncated" if overflow == "truncate" else "dropped")
+    if overflow == "truncate":
+        return [w[:max_len] for w in lines]
+    kept = [w for w in lines if len(w) <= max_len]
+    if not kept:
+        raise ValueError(f"every {split} sentence is longer than max_len={max_len}")
+    return kept
+
+
+def _encode(vocab: Vocab, lines: list[list[str]], max_len: int) -> Tensor:
+    out = torch.full((len(lines), max_len + 1), vocab.pad, dtype=torch.long)
+    for i, words in enumerate(lines):
+        ids = vocab.encode(words) + [vocab.eos]
+        out[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+    return out
