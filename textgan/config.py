@@ -74,6 +74,7 @@ class EvalConfig:
     bleu: list = field(default_factory=lambda: [2, 3, 4, 5])  # BLEU orders on text
     batch_size: int = 500  # batch size for NLL and sampling during evaluation
     print_samples: int = 3  # decoded samples shown in the log
+    tensorboard: bool = False  # also write TensorBoard event files under <output_dir>
 
     def __post_init__(self):
         if self.every < 1:
