@@ -395,3 +395,10 @@ def progress(run: Run, total: int, initial: int, desc: str):
 
     return tqdm(total=total, initial=initial, desc=desc, disable=not run.is_main,
                 dynamic_ncols=True, leave=True)
+
+
+def load_for_eval(path):
+    """A trained run or checkpoint, ready to sample and score (see :mod:`textgan.runs`)."""
+    from textgan.runs import load_for_eval as load
+
+    return load(path)

@@ -1,0 +1,43 @@
+"""``textgan bench {mle,relgan,seqgan,bleu,all} [--quick] [--out DIR]``: markdown tables."""
+
+from __future__ import annotations
+
+import importlib
+import shlex
+import sys
+import time
+from pathlib import Path
+
+
+def add_arguments(parser) -> None:
+    from textgan.bench import BENCHES
+
+    parser.add_argument("name", choices=[*BENCHES, "all"], help="which benchmark")
+    parser.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
+    parser.add_argument("--out", default="bench_results", help="directory for <name>.md")
+
+
+def run(args) -> int:
+    from textgan.bench import BENCHES, markdown_table
+
+    names = list(BENCHES) if args.name == "all" else [args.name]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    command = "textgan " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    for name in names:
+        try:
+            module = importlib.import_module(BENCHES[name])
+        except ModuleNotFoundError as e:
+            if e.name and e.name.startswith("textgan"):
+                print(f"bench {name}: not available in this build ({e.name})", file=sys.stderr)
+                continue
+            raise
+        start = time.perf_counter()
+        rows = module.run(quick=args.quick)
+        wall = time.perf_counter() - start
+        text = (f"## textgan bench {name}\n\nCommand: `{command}`  \n"
+                f"Date: {time.strftime('%Y-%m-%d %H:%M')}, wall time {wall:.1f} s\n\n"
+                + markdown_table(rows))
+        print(text)
+        (out / f"{name}.md").write_text(text, encoding="utf-8")
+    return 0
