@@ -207,6 +207,19 @@ def teacher_forcing(batch: Tensor, start_token: int) -> Tensor:
     return torch.cat([start, batch[:, :-1]], 1)
 
 
+def sync_grads(accelerator, model) -> None:
+    """Average gradients over processes (models are called unwrapped in GAN steps)."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if accelerator.num_processes == 1 or not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    flat = accelerator.reduce(flat, "mean")
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
 def set_step_seed(run: Run, phase: str, step: int) -> None:
     torch.manual_seed(step_seed(run.cfg.seed, phase, step, run.accelerator.process_index))
 
