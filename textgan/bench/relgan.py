@@ -1,0 +1,75 @@
+"""``textgan bench relgan``: seconds per adversarial iteration (1 G step + 5 D steps).
+
+Setting of RelGAN's synthetic experiment: B=64, T=20, V=5000, RMC generator 1 slot x 2 heads x
+256 (embedding 32), discriminator with 64 representations (filters 2-5 x 300), RSGAN loss,
+Gumbel-Softmax with hard feeding. For scale, TextGAN-PyTorch needs about 31 s per iteration in
+this configuration on the 2-core CPU this toolkit is developed on (figure from the RelGAN issue).
+The profile rows give the share of time of the top operators (torch.profiler, one iteration).
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+
+import torch
+
+from textgan.models import build_discriminator, build_generator
+from textgan.sampling import EMABaseline
+from textgan.train.relgan import RelGANConfig, d_step, g_step
+
+TEXTGAN_PYTORCH_S = 31.0  # s per 1 G + 5 D iteration, measured by the issue author on this CPU
+
+
+def _setup(V, B, T, head_size, reps, filters):
+    torch.manual_seed(0)
+    G = build_generator("rmc", vocab_size=V, embed_dim=32, mem_slots=1, num_heads=2,
+                        head_size=head_size)
+    D = build_discriminator("relgan_cnn", vocab_size=V, embed_dim=64, num_rep=reps,
+                            num_filters=(filters,) * 4)
+    opt_g = torch.optim.Adam(G.parameters(), lr=1e-4)
+    opt_d = torch.optim.Adam(D.parameters(), lr=1e-4)
+    real = torch.randint(0, V, (B, T), generator=torch.Generator().manual_seed(0))
+    return G, D, opt_g, opt_d, real
+
+
+def _time(fn, repeats):
+    fn()  # warm-up
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    return (time.perf_counter() - start) / repeats
+
+
+def run(quick: bool = False) -> list[dict]:
+    V, B, T, hs, reps, nf = (500, 16, 10, 32, 8, 16) if quick else (5000, 64, 20, 256, 64, 300)
+    repeats = 1 if quick else 3
+    G, D, opt_g, opt_d, real = _setup(V, B, T, hs, reps, nf)
+    rows = []
+    for estimator in ("gumbel_softmax", "score_function"):
+        cfg = RelGANConfig(estimator=estimator)
+        base = EMABaseline()
+        t_g = _time(lambda: g_step(G, D, opt_g, real, 0.5, cfg, baseline=base), repeats)
+        t_d = _time(lambda: d_step(G, D, opt_d, real, 0.5, cfg), repeats)
+        it = t_g + 5 * t_d
+        rows.append({"what": f"iteration 1G+5D ({estimator})", "seconds": it,
+                     "g_step_s": t_g, "d_step_s": t_d,
+                     "speedup_vs_TextGAN-PyTorch": TEXTGAN_PYTORCH_S / it if not quick else "",
+                     "peak_rss_MiB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+    rows += _profile(G, D, opt_g, opt_d, real)
+    return rows
+
+
+def _profile(G, D, opt_g, opt_d, real, top: int = 8) -> list[dict]:
+    from torch.profiler import ProfilerActivity, profile
+
+    cfg = RelGANConfig()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        g_step(G, D, opt_g, real, 0.5, cfg)
+        for _ in range(5):
+            d_step(G, D, opt_d, real, 0.5, cfg)
+    events = [e for e in prof.key_averages() if not e.key.startswith("ProfilerStep")]
+    total = sum(e.self_cpu_time_total for e in events) or 1
+    events.sort(key=lambda e: e.self_cpu_time_total, reverse=True)
+    return [{"what": f"profile: {e.key}", "seconds": e.self_cpu_time_total / 1e6,
+             "share": e.self_cpu_time_total / total, "calls": e.count} for e in events[:top]]
