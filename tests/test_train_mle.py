@@ -67,13 +67,15 @@ def test_grad_accumulation_is_equivalent(tmp_path):
     assert a == pytest.approx(b, rel=1e-4)
 
 
-def test_corrupt_checkpoint_is_skipped_and_missing_is_an_error(tmp_path, capsys):
+def test_corrupt_checkpoint_is_skipped_and_missing_is_an_error(tmp_path, capsys, caplog):
+    caplog.set_level("INFO", logger="textgan")
     out = tmp_path / "run"
     assert _train(out, "train.steps=4", "train.checkpoint_every=2") == 0
     # corrupt the newest checkpoint: resume=auto falls back to the previous one
     (out / "checkpoints" / "step_4" / "trainer_state.pt").write_bytes(b"garbage")
     assert _train(out, "train.steps=4", "resume=auto") == 0
-    assert "skipping incomplete or corrupted checkpoint" in capsys.readouterr().err
+    assert "skipping incomplete or corrupted checkpoint" in caplog.text
+    assert "resumed from" in caplog.text and "step_2" in caplog.text
     empty = tmp_path / "empty"
     assert _train(empty, "train.steps=2", "resume=auto") == 2
     assert "no complete checkpoint" in capsys.readouterr().err

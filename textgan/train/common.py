@@ -91,6 +91,8 @@ def make_run(cfg: RecipeConfig) -> Run:
         out_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out_dir / "config.yaml")
         write_meta(out_dir, cfg, corpus)
+    # Model initialisation is seeded by the recipe (same weights on every process).
+    torch.manual_seed(cfg.seed)
     tb = None
     if accelerator.is_main_process and cfg.eval.tensorboard:
         from torch.utils.tensorboard import SummaryWriter
