@@ -77,6 +77,7 @@ def make_run(cfg: RecipeConfig) -> Run:
     from accelerate import Accelerator
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("accelerate").setLevel(logging.WARNING)
     accelerator = Accelerator(**cfg.accelerate)
     out_dir = Path(cfg.output_dir)
     resume_from = find_checkpoint(out_dir, cfg.resume) if cfg.resume else None
