@@ -291,13 +291,16 @@ def check_compatible(ckpt: Path, cfg: RecipeConfig, corpus: Corpus) -> None:
 
 
 def save_checkpoint(run: Run, step: int, phase: str, extra: dict | None = None,
-                    keep_last: int = 2) -> Path | None:
+                    keep_last: int = 2, offset: int = 0) -> Path | None:
     """``accelerator.save_state`` into a temporary directory, then an atomic rename to
-    ``checkpoints/step_<step>``; keeps the newest ``keep_last`` checkpoints."""
+    ``checkpoints/step_<offset + step>``; keeps the newest ``keep_last`` checkpoints.
+
+    ``step`` is the step within ``phase``; ``offset`` (the steps of earlier phases) only names
+    the directory, so that the checkpoints of several phases sort in order."""
     acc = run.accelerator
     root = run.out_dir / "checkpoints"
-    final = root / f"{CKPT_PREFIX}{step}"
-    tmp = root / f".tmp_{CKPT_PREFIX}{step}"
+    final = root / f"{CKPT_PREFIX}{offset + step}"
+    tmp = root / f".tmp_{CKPT_PREFIX}{offset + step}"
     if acc.is_main_process:
         root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)

@@ -123,7 +123,7 @@ def run_mle(run: C.Run, G, opt, cfg: MLEConfig, *, phase: str = "mle", start_ste
             C.log_metrics(run, step, phase, metrics)
             bar.write(f"[{phase} {step}] " + " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
         if step % cfg.checkpoint_every == 0 or step == cfg.steps or run.interrupted:
-            C.save_checkpoint(run, ckpt_offset + step, phase, {"step": step}, cfg.keep_last)
+            C.save_checkpoint(run, step, phase, keep_last=cfg.keep_last, offset=ckpt_offset)
         if run.interrupted:
             bar.close()
             raise C.Interrupted(run.out_dir, phase, step)

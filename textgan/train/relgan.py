@@ -145,7 +145,7 @@ def g_step(G, D, opt_g, real: Tensor, tau: float, cfg: RelGANConfig, *, feed: st
         _finish(G, opt_g, cfg.grad_clip, sync)
     finally:
         D.requires_grad_(True)
-    return {"g_loss": float(g_loss)}
+    return {"g_loss": float(g_loss.detach())}
 
 
 def per_sample_g_loss(kind: str, d_real: Tensor, d_fake: Tensor) -> Tensor:
@@ -244,8 +244,8 @@ def adversarial(run: C.Run, G, D, opt_g, opt_d, baseline, start: int, ckpt_offse
             bar.write(f"[adversarial {step}] tau={tau:.4g} "
                       + " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
         if step % tc.checkpoint_every == 0 or step == tc.adv_steps or run.interrupted:
-            C.save_checkpoint(run, ckpt_offset + step, "adversarial",
-                              {"baseline": baseline.state_dict()}, tc.keep_last)
+            C.save_checkpoint(run, step, "adversarial", {"baseline": baseline.state_dict()},
+                              tc.keep_last, offset=ckpt_offset)
         if run.interrupted:
             bar.close()
             raise C.Interrupted(run.out_dir, "adversarial", step)
