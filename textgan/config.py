@@ -193,6 +193,19 @@ def from_dict(cls: type, data: dict | None, prefix: str):
 _TOP = [f.name for f in dataclasses.fields(RecipeConfig)]
 
 
+def _parse_value(text: str):
+    """A YAML scalar/flow value; ``1e-3`` is a float (YAML 1.1 would read it as a string)."""
+    if text == "":
+        return None
+    value = yaml.safe_load(text)
+    if isinstance(value, str):
+        try:
+            return float(value) if value.strip().lower() not in ("nan", "inf", "-inf") else value
+        except ValueError:
+            return value
+    return value
+
+
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     """Set ``a.b=value`` pairs (values parsed as YAML scalars) into a nested dict."""
     for item in overrides:
@@ -201,7 +214,7 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
                 f"override '{item}' is not of the form key=value (e.g. train.steps=100)"
             )
         key, text = item.split("=", 1)
-        value = yaml.safe_load(text) if text != "" else None
+        value = _parse_value(text)
         parts = key.strip().split(".")
         node = raw
         for i, p in enumerate(parts[:-1]):

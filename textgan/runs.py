@@ -54,6 +54,10 @@ class EvalHandle:
     def _load_generator(self):
         from textgan.models import build_generator
 
+        if self.cfg.algorithm == "vae":  # prior samples: z ~ uniform, then the decoder
+            from textgan.train.vae import load_vae_for_sampling
+
+            return load_vae_for_sampling(self.ckpt)
         spec = dict(self.cfg.generator)
         name = spec.pop("name", "lstm")
         spec.pop("init_from", None)
@@ -74,6 +78,8 @@ class EvalHandle:
         from textgan.sampling import sample_sequence
 
         rng = torch.Generator().manual_seed(seed)
+        if hasattr(self.generator, "manual_seed"):  # VAE: restart the prior-latent stream
+            self.generator.manual_seed(seed)
         out = []
         for start in range(0, n, batch_size):
             B = min(batch_size, n - start)
@@ -98,6 +104,10 @@ class EvalHandle:
         """NLL_gen of the (tempered) model on the test set."""
         from textgan.metrics import nll_test
 
+        if self.cfg.algorithm == "vae":  # no tractable NLL: the negative ELBO per token bounds it
+            from textgan.train.vae import nll_bound
+
+            return nll_bound(self.generator.vae, self.corpus.test)
         G = self.generator
         if tau != 1.0:
             G = _Tempered(G, tau)

@@ -1,0 +1,413 @@
+"""Categorical text VAE (Jang, Gu, Poole, ICLR 2017, Table 1 on sentences), on accelerate.
+
+The model is :class:`textgan.models.vae.CategoricalTextVAE`: a bidirectional LSTM/GRU encoder,
+``M x K`` categorical latents and the recipe's ``generator:`` as the decoder. The loop is the
+MLE trainer's: the global batch of step ``s`` is :func:`textgan.train.common.global_batch`, the
+latent noise of step ``s`` comes from a generator seeded by ``(seed, "vae", s, rank)``, so a
+resumed run repeats the uninterrupted one exactly; checkpoints hold the model, the optimizer and
+the EMA baseline.
+
+Settings (``train:`` section, :class:`VAEConfig`):
+    * ``latent_method``: how gradients cross the latent sample: ``gumbel_softmax``,
+      ``gumbel_st`` or ``score_function``. This is a separate key from ``sampler.method``, which
+      is about drawing *token sequences* (``multinomial | gumbel_softmax | gumbel_st``) and has
+      no score-function choice; here sequences are never sampled during training (the decoder
+      is teacher-forced) and ``sampler:`` supplies only the temperature schedule (``schedule``,
+      ``tau``, ``anneal_rate``, ``tau_min``; Jang's ``anneal`` is
+      ``tau = max(tau_min, exp(-anneal_rate * step))``) and ``sampler.tau`` for prior samples.
+    * the model's sizes and conditioning (``latent_vars``, ``latent_classes``, ``encoder``,
+      ``encoder_embed_dim``, ``encoder_hidden_dim``, ``condition``); the decoder's are in
+      ``generator:`` (``generator.init_from`` starts it from an MLE run). ``pretrain:`` is not
+      used.
+    * ``kl_warmup``: the KL weight grows linearly from 0 to 1 over that many steps (0: always 1).
+
+Evaluation every ``eval.every`` steps (and at the end), on the first ``train.eval_sentences``
+test sentences (all by default):
+    * ``neg_elbo`` / ``neg_elbo_token``: the negative ELBO with ``z`` drawn exactly from
+      ``q(z|x)`` (one draw per sentence), in nats per sentence and per counted token; ``recon``
+      (at that ``z``), ``kl`` (exact, closed form) and ``recon_argmax`` (at the posterior mode);
+    * ``recon_bleu`` (sacreBLEU corpus BLEU, 0..100) and ``recon_acc`` (token accuracy) of the
+      greedy reconstructions (argmax ``z``, argmax decoding) against the inputs;
+    * prior samples (``z`` uniform, multinomial decoding at ``sampler.tau``), scored like the
+      MLE trainer's (``nll_oracle`` on the oracle, ``bleu{n}`` on text) and written to
+      ``samples/vae_step<N>.txt``; latent interpolations between pairs of test sentences
+      (variables switched one at a time from A's argmax ``z`` to B's, greedy decoding) to
+      ``samples/vae_step<N>_interp.txt``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from textgan import sampling as S
+from textgan.models import vae as V
+from textgan.train import common as C
+
+log = logging.getLogger("textgan")
+PHASE = "vae"
+
+
+@dataclass
+class VAEConfig:
+    """The ``train:`` section of ``algorithm: vae``."""
+
+    steps: int = 10000  # optimizer steps
+    batch_size: int = 100  # global batch (Jang et al.: 100)
+    lr: float = 1e-3  # Adam learning rate
+    betas: list | None = None  # Adam betas; None = (0.9, 0.999)
+    grad_clip: float = 5.0  # max global gradient norm (0 disables)
+    grad_accum: int = 1  # micro-batches per optimizer step
+    latent_method: str = "gumbel_softmax"  # gumbel_softmax | gumbel_st | score_function
+    baseline: str = "nvil"  # score_function: ema | learned | nvil | none
+    baseline_beta: float = 0.9  # EMA baseline decay
+    baseline_hidden: int = 64  # learned / nvil baseline MLP width
+    kl_warmup: int = 0  # steps of linear KL warm-up from 0 to 1 (0 = none)
+    latent_vars: int = 20  # M categorical latent variables (Jang et al.: 20)
+    latent_classes: int = 10  # K classes each (Jang et al.: 10)
+    encoder: str = "lstm"  # lstm | gru (bidirectional)
+    encoder_embed_dim: int = 64
+    encoder_hidden_dim: int = 128  # per direction
+    condition: str = "both"  # decoder conditioning on z: init | input | both
+    eval_sentences: int | None = None  # test sentences for ELBO / reconstruction (None = all)
+    interpolations: int = 2  # interpolated test-sentence pairs written at each evaluation
+    checkpoint_every: int = 1000
+    keep_last: int = 2
+    log_every: int = 50
+
+    def __post_init__(self):
+        if self.latent_method not in V.LATENT_METHODS:
+            raise ValueError(V._choices("train.latent_method", self.latent_method,
+                                        V.LATENT_METHODS))
+        if self.baseline not in V.BASELINES:
+            raise ValueError(V._choices("train.baseline", self.baseline, V.BASELINES))
+        if self.encoder not in V.ENCODERS:
+            raise ValueError(V._choices("train.encoder", self.encoder, V.ENCODERS))
+        if self.condition not in V.CONDITIONS:
+            raise ValueError(V._choices("train.condition", self.condition, V.CONDITIONS))
+        for name in ("batch_size", "log_every", "checkpoint_every", "latent_vars",
+                     "encoder_embed_dim", "encoder_hidden_dim", "baseline_hidden"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"`train.{name}` must be >= 1, got {getattr(self, name)}")
+        for name in ("steps", "kl_warmup", "interpolations"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"`train.{name}` must be >= 0, got {getattr(self, name)}")
+        if self.latent_classes < 2:
+            raise ValueError(f"`train.latent_classes` must be >= 2, got {self.latent_classes}")
+        if self.grad_accum < 1 or self.batch_size % self.grad_accum:
+            raise ValueError(
+                f"`train.grad_accum` ({self.grad_accum}) must be >= 1 and divide "
+                f"`train.batch_size` ({self.batch_size})"
+            )
+        if not self.lr > 0:
+            raise ValueError(f"`train.lr` must be > 0, got {self.lr}")
+        if not 0.0 <= self.baseline_beta < 1.0:
+            raise ValueError(f"`train.baseline_beta` must be in [0, 1), got {self.baseline_beta}")
+        if self.eval_sentences is not None and self.eval_sentences < 2:
+            raise ValueError(f"`train.eval_sentences` must be >= 2, got {self.eval_sentences}")
+
+    @property
+    def learned_baseline(self) -> bool:
+        return self.latent_method == "score_function" and self.baseline in ("learned", "nvil")
+
+
+class VAEResult(NamedTuple):
+    step: int
+    metrics: dict
+    checkpoint: str | None
+
+
+def kl_weight_at(step: int, warmup: int) -> float:
+    """Linear KL warm-up: ``min(1, step / warmup)`` (1 when ``warmup == 0``)."""
+    return 1.0 if warmup <= 0 else min(1.0, step / warmup)
+
+
+# --------------------------------------------------------------------------------------------
+# Model construction and loading
+# --------------------------------------------------------------------------------------------
+
+
+def build_vae(cfg, vocab_size: int, start_token: int, pad: int | None,
+              decoder=None) -> V.CategoricalTextVAE:
+    """The recipe's VAE; ``decoder`` (e.g. from :func:`textgan.train.common.build_generator`,
+    which honours ``generator.init_from``) replaces building it from ``generator:``."""
+    tc = cfg.train
+    kwargs = dict(latent_vars=tc.latent_vars, latent_classes=tc.latent_classes,
+                  embed_dim=tc.encoder_embed_dim, hidden_dim=tc.encoder_hidden_dim,
+                  encoder=tc.encoder, condition=tc.condition, pad=pad,
+                  learned_baseline=tc.learned_baseline, baseline_hidden=tc.baseline_hidden)
+    if decoder is None:
+        spec = dict(cfg.generator)
+        name = spec.pop("name", "lstm")
+        spec.pop("init_from", None)
+        return V.CategoricalTextVAE(vocab_size, start_token, decoder=name, decoder_kwargs=spec,
+                                    **kwargs)
+    return V.CategoricalTextVAE(vocab_size, start_token, decoder=decoder, **kwargs)
+
+
+def load_vae(ckpt: str | Path) -> V.CategoricalTextVAE:
+    """The trained VAE of a checkpoint (or of a run's newest checkpoint), in eval mode."""
+    import yaml
+
+    from textgan.config import build_config
+    from textgan.runs import resolve_checkpoint
+
+    ckpt = resolve_checkpoint(ckpt)
+    cfg = build_config(yaml.safe_load((ckpt / "config.yaml").read_text(encoding="utf-8")))
+    if cfg.algorithm != "vae":
+        raise ValueError(f"'{ckpt}' is a {cfg.algorithm} run, not a VAE")
+    meta = json.loads((ckpt / "meta.json").read_text())
+    vae = build_vae(cfg, meta["vocab_size"], meta["start_token"], meta["pad"])
+    C.load_model_weights(vae, ckpt, index=0)
+    return vae.eval()
+
+
+def load_vae_for_sampling(ckpt: str | Path, seed: int = 0) -> V.PriorDecoder:
+    """A VAE checkpoint as an unconditional generator (``start_token``, ``vocab_size``,
+    ``init_state``, ``step``) whose every ``init_state(B)`` draws ``B`` latents from the
+    uniform prior: ``textgan sample`` then writes prior samples. ``.manual_seed(s)`` restarts
+    the latent stream; ``.vae`` is the model."""
+    return V.PriorDecoder(load_vae(ckpt), seed=seed).eval()
+
+
+@torch.no_grad()
+def nll_bound(vae: V.CategoricalTextVAE, tokens: Tensor, *, batch_size: int = 256,
+              seed: int = 0) -> float:
+    """The negative ELBO per counted token (nats), an upper bound on the NLL per token, with
+    one exact latent draw per sentence (seeded): the VAE's stand-in for ``NLL_test``."""
+    device = next(vae.parameters()).device
+    rng = torch.Generator(device=device).manual_seed(seed)
+    total, count = 0.0, 0
+    for chunk in tokens.split(batch_size):
+        t = vae.elbo_terms(chunk.to(device), "score_function", rng=rng)
+        total += float((t.recon + t.kl).double().sum())
+        count += int(t.n_tokens.sum())
+    return total / max(count, 1)
+
+
+# --------------------------------------------------------------------------------------------
+# One optimizer step (no Run needed: unit-testable)
+# --------------------------------------------------------------------------------------------
+
+
+def vae_step(vae: V.CategoricalTextVAE, opt, batch: Tensor, cfg: VAEConfig, *, tau: float,
+             kl_weight: float = 1.0, ema: S.EMABaseline | None = None,
+             rng: torch.Generator | None = None, world: int = 1, n_global: int | None = None,
+             backward=None, sync=None, reduce=None, gather=None, autocast=None) -> dict:
+    """One optimizer step on ``batch (B, T)`` (this process's rows of the global batch).
+
+    The loss is the mean over the *global* batch of the per-sentence loss
+    (:func:`textgan.models.vae.vae_loss`): each micro-batch's mean is weighted by its share of
+    ``n_global`` rows, times ``world`` because ``sync`` averages gradients over processes.
+
+    Args:
+        cfg: the trainer config (``latent_method``, ``baseline``, ``grad_accum``, ``grad_clip``).
+        ema: the EMA baseline (score_function with ``ema`` / ``nvil``).
+        rng: generator of the latent noise.
+        world, n_global: process count and global batch size (default: one process).
+        backward, sync, reduce, gather, autocast: the accelerator's ``backward``, a gradient
+            all-reduce for the model, a sum over processes, a gather over processes and an
+            autocast context factory (all optional).
+
+    Returns:
+        Means over the global batch: ``loss`` (the surrogate), ``neg_elbo``, ``recon``, ``kl``
+        (nats per sentence) and, for score_function, ``reward``, ``advantage_std`` and
+        ``baseline_mse``.
+    """
+    n_global = n_global or batch.shape[0] * world
+    vae.train()
+    totals: dict[str, Tensor] = {}
+    for mb in batch.chunk(cfg.grad_accum):
+        with autocast() if autocast is not None else nullcontext():
+            terms = vae.elbo_terms(mb, cfg.latent_method, tau, rng)
+            loss, stats = V.vae_loss(terms, cfg.latent_method, kl_weight=kl_weight,
+                                     baseline=cfg.baseline, ema=ema, gather=gather)
+        weight = mb.shape[0] / n_global
+        (backward or Tensor.backward)(loss * (weight * world))
+        for k, v in {"loss": loss.detach(), **stats}.items():
+            totals[k] = totals.get(k, 0.0) + v.float() * weight
+    if sync is not None:
+        sync(vae)
+    if cfg.grad_clip > 0:  # the baseline net apart: its early MSE must not clip the VAE's step
+        named = list(vae.named_parameters())
+        torch.nn.utils.clip_grad_norm_([p for n, p in named if not n.startswith("baseline_net.")],
+                                       cfg.grad_clip)
+        if vae.baseline_net is not None:
+            torch.nn.utils.clip_grad_norm_(vae.baseline_net.parameters(), cfg.grad_clip)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    names = list(totals)
+    flat = torch.stack([totals[k] for k in names])
+    if reduce is not None:
+        flat = reduce(flat)
+    return {k: float(v) for k, v in zip(names, flat.tolist(), strict=True)}
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluation
+# --------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def evaluate_vae(run: C.Run, vae: V.CategoricalTextVAE, step: int) -> dict:
+    """The negative ELBO, reconstruction BLEU, prior samples and interpolations (see the module
+    docstring); files under ``<output_dir>/samples/`` on the main process."""
+    from textgan import metrics
+
+    cfg, tc, ec, corpus = run.cfg, run.cfg.train, run.cfg.eval, run.corpus
+    device = run.device
+    was_training = vae.training
+    vae.eval()
+    rng = torch.Generator(device=device).manual_seed(cfg.seed * 7919 + 17 * step + 1)
+    test = corpus.test if tc.eval_sentences is None else corpus.test[: tc.eval_sentences]
+    sums = torch.zeros(5, dtype=torch.float64)
+    correct = count = 0
+    recon_tokens = []
+    for chunk in test.split(ec.batch_size):
+        chunk = chunk.to(device)
+        t = vae.elbo_terms(chunk, "score_function", rng=rng)
+        mode = vae.elbo_terms(chunk, "argmax")
+        sums += torch.stack([(t.recon + t.kl).sum(), t.recon.sum(), t.kl.sum(),
+                             mode.recon.sum(), t.n_tokens.sum()]).double().cpu()
+        rec = vae.greedy_decode(mode.z, chunk.shape[1], corpus.eos, corpus.pad)
+        keep = chunk != corpus.pad if corpus.pad is not None else torch.ones_like(chunk).bool()
+        correct += int(((rec == chunk) & keep).sum())
+        count += int(keep.sum())
+        recon_tokens.append(rec.cpu())
+    n = test.shape[0]
+    out = {"neg_elbo": float(sums[0] / n), "neg_elbo_token": float(sums[0] / sums[4]),
+           "recon": float(sums[1] / n), "kl": float(sums[2] / n),
+           "recon_argmax": float(sums[3] / n), "recon_acc": correct / max(count, 1)}
+    recon = torch.cat(recon_tokens)
+    hyps, refs = corpus.lines(recon), corpus.lines(test)
+    out["recon_bleu"] = metrics.corpus_bleu_sacrebleu(hyps, refs).score
+
+    # prior samples
+    chunks = []
+    for start in range(0, ec.num_samples, ec.batch_size):
+        B = min(ec.batch_size, ec.num_samples - start)
+        z = vae.prior_sample(B, rng)
+        chunks.append(S.sample_sequence(vae.conditioned(z), B, corpus.seq_len,
+                                        method="multinomial", tau=cfg.sampler.tau, rng=rng,
+                                        eos=corpus.eos, pad=corpus.pad).tokens)
+    samples = torch.cat(chunks).cpu()
+    if corpus.oracle is not None:
+        out["nll_oracle"] = metrics.nll_oracle(corpus.oracle, samples.to(device))
+    else:
+        prior_refs = corpus.decode(corpus.test if ec.num_refs is None
+                                   else corpus.test[: ec.num_refs])
+        scores = metrics.bleu_scores(corpus.decode(samples), prior_refs, ns=tuple(ec.bleu))
+        out.update({f"bleu{k}": v for k, v in scores.items()})
+
+    # interpolations between test sentences (A = 2i, B = 2i + 1)
+    interp = []
+    for i in range(min(tc.interpolations, test.shape[0] // 2)):
+        pair = test[2 * i: 2 * i + 2].to(device)
+        za, zb = vae.encode(pair)[1].argmax(-1)
+        classes = V.interpolate_latents(za, zb)
+        z = torch.nn.functional.one_hot(classes, vae.latent_classes).float()
+        dec = corpus.lines(vae.greedy_decode(z, corpus.seq_len, corpus.eos, corpus.pad).cpu())
+        src = corpus.lines(pair.cpu())
+        interp += [f"# pair {i}", f"A\t{src[0]}", f"B\t{src[1]}"]
+        interp += [f"{j}\t{line}" for j, line in enumerate(dec)] + [""]
+
+    if run.is_main:
+        sample_dir = run.out_dir / "samples"
+        sample_dir.mkdir(exist_ok=True)
+        lines = corpus.lines(samples)
+        (sample_dir / f"{PHASE}_step{step}.txt").write_text("\n".join(lines) + "\n",
+                                                           encoding="utf-8")
+        (sample_dir / f"{PHASE}_step{step}_interp.txt").write_text("\n".join(interp) + "\n",
+                                                                  encoding="utf-8")
+        pairs = [f"{r}\t{h}" for r, h in zip(refs[:100], hyps[:100], strict=True)]
+        (sample_dir / f"{PHASE}_step{step}_recon.txt").write_text("\n".join(pairs) + "\n",
+                                                                 encoding="utf-8")
+        for line in lines[: ec.print_samples]:
+            log.info("prior sample: %s", line)
+    vae.train(was_training)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------------
+
+
+def train(cfg) -> VAEResult:
+    """``textgan train`` entry point for ``algorithm: vae``."""
+    from textgan.train.mle import MLEConfig
+
+    run = C.make_run(cfg)
+    acc, corpus, tc = run.accelerator, run.corpus, cfg.train
+    if cfg.pretrain is not None and cfg.pretrain != MLEConfig():
+        log.warning("the `pretrain:` section is not used by algorithm vae; start the decoder "
+                    "from an MLE run with generator.init_from instead")
+    decoder = C.build_generator(cfg, corpus)
+    vae = build_vae(cfg, corpus.vocab_size, corpus.start_token, corpus.pad, decoder=decoder)
+    ema = S.EMABaseline(tc.baseline_beta).to(acc.device)
+    betas = tuple(tc.betas) if tc.betas else (0.9, 0.999)
+    opt = torch.optim.Adam(vae.parameters(), lr=tc.lr, betas=betas)
+    vae, opt = acc.prepare(vae, opt)
+    start = 0
+    if run.resume_from is not None:
+        state = C.load_checkpoint(run, run.resume_from)
+        start = state["step"]
+        if "ema" in state["extra"]:
+            ema.load_state_dict(state["extra"]["ema"])
+    step = run_vae(run, vae, opt, ema, start)
+    ckpts = C.checkpoint_dirs(run.out_dir)
+    acc.end_training()
+    return VAEResult(step, dict(run.last_metrics), str(ckpts[-1]) if ckpts else None)
+
+
+def run_vae(run: C.Run, vae, opt, ema: S.EMABaseline, start: int) -> int:
+    """The VAE loop from ``start`` to ``train.steps``; evaluates, logs and checkpoints."""
+    cfg, tc, corpus, acc = run.cfg, run.cfg.train, run.corpus, run.accelerator
+    sc = cfg.sampler
+    tau_of = S.temperature_schedule(sc.schedule, beta_max=sc.beta_max,
+                                    total_steps=max(tc.steps, 2), rate=sc.anneal_rate,
+                                    tau_min=sc.tau_min)
+    model = acc.unwrap_model(vae)  # called unwrapped; gradients averaged by sync_grads
+    multi = acc.num_processes > 1
+    kw = dict(world=acc.num_processes, n_global=tc.batch_size, backward=acc.backward,
+              sync=(lambda m: C.sync_grads(acc, m)) if multi else None,
+              reduce=(lambda t: acc.reduce(t, "sum")) if multi else None,
+              gather=acc.gather if multi else None, autocast=acc.autocast)
+    bar = C.progress(run, tc.steps, start, PHASE)
+    step, window = start, []
+    while step < tc.steps:
+        C.set_step_seed(run, PHASE, step)
+        rng = torch.Generator(device=acc.device).manual_seed(
+            C.step_seed(cfg.seed, PHASE, step, acc.process_index))
+        tau, beta = tau_of(step), kl_weight_at(step, tc.kl_warmup)
+        batch = C.local_batch(run, corpus.train, step, tc.batch_size)
+        stats = vae_step(model, opt, batch, tc, tau=tau, kl_weight=beta, ema=ema, rng=rng, **kw)
+        C.check_finite(run, step, PHASE, stats)
+        window.append(stats)
+        step += 1
+        bar.update(1)
+        bar.set_postfix(elbo=f"{stats['neg_elbo']:.2f}", tau=f"{tau:.3g}")
+        if step % tc.log_every == 0 or step == tc.steps:
+            mean = {k: sum(w[k] for w in window) / len(window) for k in window[0]}
+            C.log_metrics(run, step, PHASE, {**mean, "tau": tau, "kl_weight": beta})
+            window = []
+        if step % cfg.eval.every == 0 or step == tc.steps:
+            metrics = evaluate_vae(run, model, step)
+            C.log_metrics(run, step, PHASE, metrics)
+            bar.write(f"[{PHASE} {step}] tau={tau:.4g} "
+                      + " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+        if step % tc.checkpoint_every == 0 or step == tc.steps or run.interrupted:
+            C.save_checkpoint(run, step, PHASE, {"step": step, "ema": ema.state_dict()},
+                              tc.keep_last)
+        if run.interrupted:
+            bar.close()
+            raise C.Interrupted(run.out_dir, PHASE, step)
+    bar.close()
+    return step
