@@ -151,15 +151,14 @@ def build_generator(cfg: RecipeConfig, corpus: Corpus):
 
 def load_model_weights(model, ckpt: Path, index: int = 0) -> None:
     """Load the ``index``-th model saved by ``accelerator.save_state`` (safetensors)."""
-    from safetensors.torch import load_file
+    from safetensors.torch import load_model
 
     name = "model.safetensors" if index == 0 else f"model_{index}.safetensors"
     path = Path(ckpt) / name
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint '{ckpt}' has no {name}")
-    state = load_file(str(path))
-    try:
-        model.load_state_dict(state)
+    try:  # load_model (not load_state_dict) restores tied weights such as GPT-2's lm_head
+        load_model(model, str(path), strict=True)
     except RuntimeError as e:
         raise ValueError(
             f"weights in '{path}' do not fit the model (different shape or vocabulary): "
