@@ -1,0 +1,210 @@
+"""RelGAN and SeqGAN CNN discriminators: ids vs one-hots, shapes, the paper's conv2d formulation,
+gradients into relaxed one-hots, dropout, length and divisibility errors, the SeqGAN L2 term."""
+
+import logging
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from textgan.models import build_discriminator
+from textgan.models.discriminators import RelGANDiscriminator, SeqGANDiscriminator
+
+V, B = 30, 4
+
+
+def _small_relgan(**kw):
+    args = dict(vocab_size=V, embed_dim=8, num_rep=4, filter_sizes=(2, 3), num_filters=(5, 6),
+                hidden_dim=7)
+    args.update(kw)
+    return RelGANDiscriminator(**args)
+
+
+def _small_seqgan(**kw):
+    args = dict(vocab_size=V, embed_dim=8, filter_sizes=(1, 2, 4), num_filters=(3, 5, 4))
+    args.update(kw)
+    return SeqGANDiscriminator(**args)
+
+
+def _ids(T, vocab=V, seed=0):
+    return torch.randint(0, vocab, (B, T), generator=torch.Generator().manual_seed(seed))
+
+
+def _relaxed(T, vocab=V, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.softmax(torch.randn(B, T, vocab, generator=g) * 3, dim=-1)
+
+
+# ------------------------------------------------------------------------------------------
+# ids == one-hots, shapes
+
+
+@pytest.mark.parametrize("make, T, shape", [
+    (_small_relgan, 6, (B, 4)),
+    (lambda: RelGANDiscriminator(V), 7, (B, 64)),  # paper defaults
+    (_small_seqgan, 6, (B,)),
+    (lambda: SeqGANDiscriminator(V), 20, (B,)),  # paper defaults
+])
+def test_ids_equal_one_hots_and_shapes(make, T, shape):
+    D = make().eval()
+    ids = _ids(T)
+    out_ids = D(ids)
+    out_oh = D(F.one_hot(ids, V).float())
+    assert out_ids.shape == shape and out_oh.shape == shape
+    assert torch.allclose(out_ids, out_oh, atol=1e-6, rtol=0)
+    assert torch.isfinite(out_ids).all()
+
+
+def test_registry_builds_both():
+    D = build_discriminator("relgan_cnn", vocab_size=V, embed_dim=8, num_rep=4,
+                            filter_sizes=(2, 3), num_filters=(6, 6))
+    assert isinstance(D, RelGANDiscriminator) and D(_ids(5)).shape == (B, 4)
+    D = build_discriminator("seqgan_cnn", vocab_size=V, embed_dim=8, filter_sizes=(2, 3),
+                            num_filters=(4, 4), l2_reg=0.1)
+    assert isinstance(D, SeqGANDiscriminator) and D(_ids(5)).shape == (B,)
+
+
+# ------------------------------------------------------------------------------------------
+# the fast path equals the papers' conv2d -> relu -> max-pool formulation
+
+
+def _reference_relgan_features(D, ids):
+    """The official graph: Conv2d over the (T, embed_dim) image, stride d, ReLU, max over time."""
+    emb = F.embedding(ids, D.embedding.weight).unsqueeze(1)  # (B, 1, T, E)
+    pooled = []
+    for conv in D.convs:
+        h = torch.relu(F.conv2d(emb, conv.weight, conv.bias, stride=(1, D.rep_dim)))
+        pooled.append(h.amax(dim=2))  # (B, n_f, num_rep)
+    return torch.cat(pooled, dim=1).transpose(1, 2)  # (B, num_rep, sum n_f)
+
+
+def test_relgan_features_match_conv2d_reference():
+    D = _small_relgan(embed_dim=12, num_rep=3, filter_sizes=(2, 3, 5), num_filters=(4, 5, 3))
+    with torch.no_grad():  # non-trivial biases so their placement after the pool is checked
+        for conv in D.convs:
+            conv.bias.normal_()
+    ids = _ids(7)
+    got = D.features(ids)
+    assert got.shape == (B, 3, 12)
+    assert torch.allclose(got, _reference_relgan_features(D, ids), atol=1e-6)
+
+
+def test_seqgan_features_match_conv2d_reference():
+    D = _small_seqgan()
+    ids = _ids(6)
+    emb = F.embedding(ids, D.embedding.weight).unsqueeze(1)
+    ref = torch.cat([torch.relu(F.conv2d(emb, c.weight, c.bias)).amax(dim=(2, 3))
+                     for c in D.convs], dim=1)
+    assert torch.allclose(D.features(ids), ref, atol=1e-5)
+
+
+def test_relgan_representations_share_the_cnn():
+    """Representation r only sees embedding columns [r*d, (r+1)*d): permuting the blocks of the
+    embedding permutes the per-representation logits the same way."""
+    D = _small_relgan().eval()
+    ids = _ids(6)
+    before = D(ids)
+    perm = torch.tensor([2, 0, 3, 1])
+    with torch.no_grad():
+        W = D.embedding.weight.view(V, 4, 2)
+        D.embedding.weight.copy_(W[:, perm].reshape(V, 8))
+    assert torch.allclose(D(ids), before[:, perm], atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------
+# gradients, dropout
+
+
+@pytest.mark.parametrize("make", [_small_relgan, _small_seqgan])
+def test_gradients_reach_relaxed_one_hots_and_parameters(make):
+    D = make()
+    x = _relaxed(6).requires_grad_(True)
+    D(x).sum().backward()
+    assert x.grad is not None and x.grad.shape == x.shape
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+    assert all(p.grad is not None for p in D.parameters())
+
+
+def test_double_backward_through_relgan():
+    """WGAN-GP differentiates a gradient w.r.t. the input: second order must work."""
+    D = _small_relgan()
+    x = _relaxed(6).requires_grad_(True)
+    (g,) = torch.autograd.grad(D(x).sum(), x, create_graph=True)
+    g.pow(2).sum().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in D.parameters())
+
+
+@pytest.mark.parametrize("make", [_small_relgan, _small_seqgan])
+def test_dropout_active_only_in_train_mode(make):
+    D = make(dropout=0.5)
+    x = _ids(6)
+    D.train()
+    assert not torch.equal(D(x), D(x))
+    D.eval()
+    assert torch.equal(D(x), D(x))
+    D = make(dropout=0.0).train()
+    assert torch.equal(D(x), D(x))
+
+
+# ------------------------------------------------------------------------------------------
+# errors
+
+
+def test_relgan_embed_dim_must_divide():
+    with pytest.raises(ValueError, match=r"embed_dim=10 must be divisible by num_rep=4"):
+        RelGANDiscriminator(V, embed_dim=10, num_rep=4)
+
+
+def test_relgan_short_and_long_sequences():
+    D = RelGANDiscriminator(V, embed_dim=8, num_rep=4, num_filters=(4,) * 4, max_len=8)
+    with pytest.raises(ValueError, match=r"T=3 .*largest filter size 5"):
+        D(_ids(3))
+    with pytest.raises(ValueError, match=r"T=9 exceeds max_len=8"):
+        D(_ids(9))
+    assert D(_ids(5)).shape == (B, 4) and D(_ids(8)).shape == (B, 4)
+    with pytest.raises(ValueError, match="max_len=3"):
+        RelGANDiscriminator(V, embed_dim=8, num_rep=4, max_len=3)
+
+
+def test_seqgan_short_sequences_raise_or_drop_filters(caplog):
+    kw = dict(embed_dim=8, filter_sizes=(1, 2, 15, 20), num_filters=(3, 4, 5, 6))
+    with pytest.raises(ValueError, match=r"T=10 .*widest filter size 20.*allow_short"):
+        SeqGANDiscriminator(V, **kw)(_ids(10))
+    D = SeqGANDiscriminator(V, allow_short=True, **kw).eval()
+    with caplog.at_level(logging.WARNING, logger="textgan.models.discriminators"):
+        feats = D.features(_ids(10))
+        D.features(_ids(10))
+    assert sum("T=10" in r.getMessage() for r in caplog.records) == 1  # logged once per T
+    assert feats.shape == (B, 18)
+    assert torch.all(feats[:, 7:] == 0)  # filters 15 and 20 dropped
+    assert feats[:, :7].abs().sum() > 0
+    assert D(_ids(10)).shape == (B,)
+    assert D.features(_ids(20))[:, 7:].abs().sum() > 0  # all filters used when T >= 20
+
+
+def test_bad_inputs():
+    D = _small_relgan()
+    with pytest.raises(ValueError, match="vocab_size=30"):
+        D(torch.rand(B, 6, V + 1))
+    with pytest.raises(ValueError, match=r"\(B, T\)"):
+        D(F.one_hot(_ids(6), V))  # long one-hots: convert with .float()
+    with pytest.raises(ValueError, match="same length"):
+        RelGANDiscriminator(V, filter_sizes=(2, 3), num_filters=(3,))
+    with pytest.raises(ValueError, match="dropout"):
+        SeqGANDiscriminator(V, dropout=1.0)
+
+
+# ------------------------------------------------------------------------------------------
+# SeqGAN L2 term
+
+
+def test_seqgan_l2_loss_is_tf_l2_loss_of_output_layer():
+    D = _small_seqgan(l2_reg=0.2)
+    n = D.out.in_features  # 12
+    with torch.no_grad():
+        D.out.weight.fill_(0.5)
+        D.out.bias.fill_(-3.0)
+    expected = 0.2 * (n * 0.25 + 9.0) / 2
+    assert D.l2_loss().item() == pytest.approx(expected, rel=1e-6)
+    D.l2_loss().backward()
+    assert torch.allclose(D.out.weight.grad, torch.full_like(D.out.weight, 0.2 * 0.5))
