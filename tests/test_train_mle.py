@@ -133,3 +133,23 @@ def test_interrupt_saves_a_checkpoint(tmp_path, monkeypatch):
     assert _train(out, "train.steps=5") == 130
     assert (out / "checkpoints" / "step_1").is_dir()
     shutil.rmtree(out)
+
+
+def test_eval_command_on_a_run_and_temperature_sweep(tmp_path, tiny_corpus_dir, capsys):
+    out = tmp_path / "run"
+    assert main(["train", str(REPO / "recipes" / "mle" / "coco.yaml"), f"output_dir={out}",
+                 f"data.path={tiny_corpus_dir}", "data.max_len=12", "generator.embed_dim=8",
+                 "generator.hidden_dim=8", "train.steps=2", "train.batch_size=16",
+                 "eval.every=2", "eval.num_samples=10"]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(out), "--n", "30", "--json"]) == 0
+    text = capsys.readouterr().out
+    result = json.loads(text[text.index("{"):])
+    assert {"bleu2", "bleu4", "self_bleu4", "nll_test"} <= set(result)
+    assert 0.0 <= result["bleu2"] <= 1.0 and result["nll_test"] > 0
+    sweep = tmp_path / "sweep"
+    assert main(["eval", str(out), "--n", "30", "--temperature-sweep", "0.7,1.3",
+                 "--out", str(sweep)]) == 0
+    rows = json.loads((sweep / "sweep.json").read_text())
+    assert [r["temperature"] for r in rows] == [0.7, 1.3]
+    assert (sweep / "quality_diversity.png").stat().st_size > 1000
