@@ -286,7 +286,7 @@ def test_sample_sequence_prefix_and_state(tiny_oracle):
 def test_sample_sequence_eos_masks_and_pads():
     G = OracleLSTM.random(seed=2, vocab_size=4, hidden_dim=4, seq_len=6)
     out = S.sample_sequence(G, 500, 6, eos=1, pad=0, rng=torch.Generator().manual_seed(0))
-    for row, mask in zip(out.tokens.tolist(), out.mask.tolist()):
+    for row, mask in zip(out.tokens.tolist(), out.mask.tolist(), strict=True):
         if 1 in row:
             k = row.index(1)
             assert all(t == 0 for t in row[k + 1:])

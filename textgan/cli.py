@@ -26,7 +26,10 @@ class UserError(Exception):
 
 
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="textgan", description="textgan: train and evaluate generative models of text with gradients through sampling.")
+    parser = argparse.ArgumentParser(
+        prog="textgan",
+        description="Train and evaluate generative models of text with gradients through sampling.",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_) in COMMANDS.items():
         p = sub.add_parser(name, help=help_, description=help_)

@@ -25,6 +25,7 @@ from typing import Any
 import yaml
 
 from textgan.data import DataConfig
+from textgan.errors import choice_error
 
 # algorithm -> "module:ConfigClass" for the `train:` section
 TRAIN_CONFIGS = {
@@ -51,11 +52,11 @@ class SamplerConfig:
         from textgan import sampling
 
         if self.method not in sampling.METHODS:
-            raise ValueError(_choice_msg("sampler.method", self.method, sampling.METHODS))
+            raise ValueError(choice_error("sampler.method", self.method, sampling.METHODS))
         if self.schedule not in sampling.SCHEDULES:
-            raise ValueError(_choice_msg("sampler.schedule", self.schedule, sampling.SCHEDULES))
+            raise ValueError(choice_error("sampler.schedule", self.schedule, sampling.SCHEDULES))
         if self.feed not in ("hard", "soft"):
-            raise ValueError(_choice_msg("sampler.feed", self.feed, ("hard", "soft")))
+            raise ValueError(choice_error("sampler.feed", self.feed, ("hard", "soft")))
         if not self.tau > 0:
             raise ValueError(f"`sampler.tau` must be > 0, got {self.tau}")
         if not self.beta_max >= 1:
@@ -101,12 +102,6 @@ class RecipeConfig:
         return dataclasses.asdict(self)
 
 
-def _choice_msg(key: str, value, choices) -> str:
-    close = difflib.get_close_matches(str(value), list(choices), n=1)
-    hint = f" (did you mean '{close[0]}'?)" if close else ""
-    return f"`{key}` must be one of {list(choices)}, got '{value}'{hint}"
-
-
 def _import(spec: str):
     module, name = spec.split(":")
     return getattr(importlib.import_module(module), name)
@@ -114,7 +109,7 @@ def _import(spec: str):
 
 def train_config_class(algorithm: str) -> type:
     if algorithm not in TRAIN_CONFIGS:
-        raise ValueError(_choice_msg("algorithm", algorithm, TRAIN_CONFIGS))
+        raise ValueError(choice_error("algorithm", algorithm, TRAIN_CONFIGS))
     return _import(TRAIN_CONFIGS[algorithm])
 
 
@@ -221,7 +216,8 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
             if node.get(p) is None:
                 node[p] = {}
             if not isinstance(node[p], dict):
-                raise ValueError(f"cannot set '{key}': '{'.'.join(parts[:i + 1])}' is not a section")
+                section = ".".join(parts[: i + 1])
+                raise ValueError(f"cannot set '{key}': '{section}' is not a section")
             node = node[p]
         node[parts[-1]] = value
     return raw

@@ -244,7 +244,9 @@ def leave_one_out(reward: Tensor, group_size: int) -> Tensor:
         baseline of ``reward``'s shape, detached.
     """
     if group_size < 2:
-        raise ValueError(f"`group_size` must be >= 2 for a leave-one-out baseline, got {group_size}")
+        raise ValueError(
+            f"`group_size` must be >= 2 for a leave-one-out baseline, got {group_size}"
+        )
     if reward.shape[0] % group_size:
         raise ValueError(
             f"`reward` dimension 0 ({reward.shape[0]}) must be divisible by `group_size` "
@@ -334,10 +336,9 @@ def temperature_schedule(kind: str, *, beta_max: float = 1.0, total_steps: int =
             divide by ``N - 1`` or ``log N``, ``tau_min <= 0`` or ``rate < 0``.
     """
     if kind not in SCHEDULES:
-        import difflib
+        from textgan.errors import did_you_mean
 
-        close = difflib.get_close_matches(str(kind), SCHEDULES, n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        hint = did_you_mean(kind, SCHEDULES)
         raise ValueError(f"unknown schedule '{kind}'; choose one of {list(SCHEDULES)}{hint}")
     if kind == "anneal":
         if not tau_min > 0:
@@ -400,7 +401,7 @@ METHODS = ("multinomial", "gumbel_softmax", "gumbel_st")
 
 
 def _step_prefix(generator, prefix: Tensor, state, batch_size: int):
-    """Teacher-force ``[start] + prefix[:, :-1]`` so that the next ``step`` input is ``prefix[:, -1]``."""
+    """Teacher-force ``[start] + prefix[:, :-1]``; the next ``step`` input is ``prefix[:, -1]``."""
     x = prefix.new_full((batch_size,), generator.start_token)
     for t in range(prefix.shape[1] - 1):
         _, state = generator.step(x, state)

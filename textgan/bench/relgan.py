@@ -49,8 +49,8 @@ def run(quick: bool = False) -> list[dict]:
     for estimator in ("gumbel_softmax", "score_function"):
         cfg = RelGANConfig(estimator=estimator)
         base = EMABaseline()
-        t_g = _time(lambda: g_step(G, D, opt_g, real, 0.5, cfg, baseline=base), repeats)
-        t_d = _time(lambda: d_step(G, D, opt_d, real, 0.5, cfg), repeats)
+        t_g = _time(lambda c=cfg, b=base: g_step(G, D, opt_g, real, 0.5, c, baseline=b), repeats)
+        t_d = _time(lambda c=cfg: d_step(G, D, opt_d, real, 0.5, c), repeats)
         it = t_g + 5 * t_d
         rows.append({"what": f"iteration 1G+5D ({estimator})", "seconds": it,
                      "g_step_s": t_g, "d_step_s": t_d,

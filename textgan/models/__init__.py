@@ -7,11 +7,12 @@ as keyword arguments to the class, after :func:`check_kwargs` has bound them to 
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import inspect
 
 from torch import nn
+
+from textgan.errors import did_you_mean
 
 GENERATORS = {
     "lstm": "textgan.models.lstm:LSTMGenerator",
@@ -24,16 +25,12 @@ DISCRIMINATORS = {
 }
 
 
-def _suggest(name: str, choices) -> str:
-    close = difflib.get_close_matches(str(name), list(choices), n=1)
-    return f" (did you mean '{close[0]}'?)" if close else ""
-
-
 def resolve(registry: dict[str, str], name: str, kind: str = "model") -> type:
     """Return the class registered under ``name``; unknown names raise with suggestions."""
     if name not in registry:
         raise ValueError(
-            f"unknown {kind} '{name}'; choose one of {sorted(registry)}{_suggest(name, registry)}"
+            f"unknown {kind} '{name}'; choose one of {sorted(registry)}"
+            f"{did_you_mean(name, registry)}"
         )
     module, cls = registry[name].split(":")
     return getattr(importlib.import_module(module), cls)
@@ -49,7 +46,7 @@ def check_kwargs(cls: type, kwargs: dict, section: str) -> None:
         if key not in valid:
             raise ValueError(
                 f"unknown key '{section}.{key}' for {cls.__name__}; valid keys: {valid}"
-                f"{_suggest(key, valid)}"
+                f"{did_you_mean(key, valid)}"
             )
 
 

@@ -57,6 +57,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from textgan import sampling as S
+from textgan.errors import choice_error
 
 __all__ = [
     "LATENT_METHODS",
@@ -80,13 +81,6 @@ BASELINES = ("ema", "learned", "nvil", "none")
 CONDITIONS = ("init", "input", "both")
 ENCODERS = ("lstm", "gru")
 
-
-def _choices(key: str, value, choices) -> str:
-    import difflib
-
-    close = difflib.get_close_matches(str(value), list(choices), n=1)
-    hint = f" (did you mean '{close[0]}'?)" if close else ""
-    return f"`{key}` must be one of {list(choices)}, got '{value}'{hint}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -210,9 +204,9 @@ class CategoricalTextVAE(nn.Module):
                  baseline_hidden: int = 64):
         super().__init__()
         if encoder not in ENCODERS:
-            raise ValueError(_choices("encoder", encoder, ENCODERS))
+            raise ValueError(choice_error("encoder", encoder, ENCODERS))
         if condition not in CONDITIONS:
-            raise ValueError(_choices("condition", condition, CONDITIONS))
+            raise ValueError(choice_error("condition", condition, CONDITIONS))
         for name, value in (("latent_vars", latent_vars), ("embed_dim", embed_dim),
                             ("hidden_dim", hidden_dim), ("baseline_hidden", baseline_hidden)):
             if value < 1:
@@ -331,7 +325,7 @@ class CategoricalTextVAE(nn.Module):
         elif method == "argmax":
             tokens = logits.detach().argmax(-1)
         else:
-            raise ValueError(_choices("method", method, (*LATENT_METHODS, "argmax")))
+            raise ValueError(choice_error("method", method, (*LATENT_METHODS, "argmax")))
         return F.one_hot(tokens, self.latent_classes).float(), tokens
 
     def prior_sample(self, n: int, rng: torch.Generator | None = None) -> Tensor:
@@ -510,9 +504,9 @@ def vae_loss(terms: ELBOTerms, method: str, *, kl_weight: float = 1.0, baseline:
     if method in ("gumbel_softmax", "gumbel_st"):
         return (recon + kl_weight * kl).mean(), stats
     if method != "score_function":
-        raise ValueError(_choices("method", method, LATENT_METHODS))
+        raise ValueError(choice_error("method", method, LATENT_METHODS))
     if baseline not in BASELINES:
-        raise ValueError(_choices("baseline", baseline, BASELINES))
+        raise ValueError(choice_error("baseline", baseline, BASELINES))
     reward = -recon.detach()  # the reconstruction log-likelihood
     b: Tensor | None = None
     mse = recon.new_zeros(())
@@ -635,7 +629,7 @@ def encoder_gradient_variance(model: CategoricalTextVAE, batch: Tensor,
                                              baseline=baseline, kl_weight=kl_weight,
                                              warmup=warmup) for m in method}
     if method not in LATENT_METHODS:
-        raise ValueError(_choices("method", method, LATENT_METHODS))
+        raise ValueError(choice_error("method", method, LATENT_METHODS))
     if n_draws < 2:
         raise ValueError(f"`n_draws` must be >= 2 (a covariance needs two draws), got {n_draws}")
     params = model.encoder_parameters()

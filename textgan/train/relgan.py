@@ -30,6 +30,7 @@ from torch import Tensor
 
 from textgan import losses
 from textgan import sampling as S
+from textgan.errors import choice_error
 from textgan.train import common as C
 from textgan.train import mle
 
@@ -59,24 +60,16 @@ class RelGANConfig:
 
     def __post_init__(self):
         if self.estimator not in ESTIMATORS:
-            raise ValueError(_choices("train.estimator", self.estimator, ESTIMATORS))
+            raise ValueError(choice_error("train.estimator", self.estimator, ESTIMATORS))
         if self.baseline not in BASELINES:
-            raise ValueError(_choices("train.baseline", self.baseline, BASELINES))
+            raise ValueError(choice_error("train.baseline", self.baseline, BASELINES))
         if self.loss not in losses.GAN_LOSSES:
-            raise ValueError(_choices("train.loss", self.loss, losses.GAN_LOSSES))
+            raise ValueError(choice_error("train.loss", self.loss, losses.GAN_LOSSES))
         for name in ("batch_size", "g_steps", "d_steps", "log_every", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"`train.{name}` must be >= 1, got {getattr(self, name)}")
         if self.adv_steps < 0:
             raise ValueError(f"`train.adv_steps` must be >= 0, got {self.adv_steps}")
-
-
-def _choices(key, value, choices) -> str:
-    import difflib
-
-    close = difflib.get_close_matches(str(value), choices, n=1)
-    hint = f" (did you mean '{close[0]}'?)" if close else ""
-    return f"`{key}` must be one of {list(choices)}, got '{value}'{hint}"
 
 
 class RelGANResult(NamedTuple):

@@ -48,6 +48,7 @@ import torch
 from torch import Tensor
 
 from textgan import sampling as S
+from textgan.errors import choice_error
 from textgan.models import vae as V
 from textgan.train import common as C
 
@@ -84,14 +85,14 @@ class VAEConfig:
 
     def __post_init__(self):
         if self.latent_method not in V.LATENT_METHODS:
-            raise ValueError(V._choices("train.latent_method", self.latent_method,
+            raise ValueError(choice_error("train.latent_method", self.latent_method,
                                         V.LATENT_METHODS))
         if self.baseline not in V.BASELINES:
-            raise ValueError(V._choices("train.baseline", self.baseline, V.BASELINES))
+            raise ValueError(choice_error("train.baseline", self.baseline, V.BASELINES))
         if self.encoder not in V.ENCODERS:
-            raise ValueError(V._choices("train.encoder", self.encoder, V.ENCODERS))
+            raise ValueError(choice_error("train.encoder", self.encoder, V.ENCODERS))
         if self.condition not in V.CONDITIONS:
-            raise ValueError(V._choices("train.condition", self.condition, V.CONDITIONS))
+            raise ValueError(choice_error("train.condition", self.condition, V.CONDITIONS))
         for name in ("batch_size", "log_every", "checkpoint_every", "latent_vars",
                      "encoder_embed_dim", "encoder_hidden_dim", "baseline_hidden"):
             if getattr(self, name) < 1:
