@@ -294,8 +294,8 @@ def test_seqgan_trains_through_cli_and_resumes_exactly(tmp_path):
     # pretrain 2, then d_pretrain 2 (offset 2), then adversarial 2 and 4 (offset 4)
     assert ckpts == ["step_2", "step_4", "step_6", "step_8"]
     state = torch.load(full / "checkpoints" / "step_8" / "trainer_state.pt", weights_only=True)
-    assert state["phase"] == "adversarial"
-    assert set(state["extra"]) == {"step", "baseline", "rollout"}
+    assert state["phase"] == "adversarial" and state["step"] == 4
+    assert set(state["extra"]) == {"baseline", "rollout"}
     assert (full / "samples" / "adversarial_step4.txt").is_file()
     # resume mid-adversarial (step_6) and from the end of D pre-training (step_4)
     for keep in ("step_6", "step_4"):

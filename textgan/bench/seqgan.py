@@ -99,6 +99,20 @@ def _measure(fn):
     return out, seconds, peak_mib
 
 
+class _TimedD(torch.nn.Module):
+    """Wraps D to add up the seconds spent in its forward calls."""
+
+    def __init__(self, D):
+        super().__init__()
+        self.inner, self.seconds = D, 0.0
+
+    def forward(self, x):
+        t0 = time.perf_counter()
+        out = self.inner(x)
+        self.seconds += time.perf_counter() - t0
+        return out
+
+
 def _setup(quick: bool):
     if quick:
         V, B, T, N = 50, 8, 6, 4
@@ -122,6 +136,7 @@ def run(quick: bool = False) -> list[dict]:
         G_roll = make_rollout_policy(G0)
         opt = torch.optim.Adam(G.parameters(), lr=cfg.g_lr)
         record = {}
+        timed = _TimedD(D)
 
         def reward_fn(*args, _fn=fn, _record=record, **kwargs):
             t0 = time.perf_counter()
@@ -135,9 +150,10 @@ def run(quick: bool = False) -> list[dict]:
             g_step(Gw, G_roll, D, torch.optim.Adam(Gw.parameters()), 4, T, cfg)
         torch.manual_seed(123)  # same sampled batch for both implementations
         metrics, seconds, peak = _measure(
-            lambda G=G, G_roll=G_roll, opt=opt, reward_fn=reward_fn:
-            g_step(G, G_roll, D, opt, B, T, cfg, reward_fn=reward_fn))
-        results[name] = dict(record, g_step_s=seconds, peak=peak, metrics=metrics)
+            lambda G=G, G_roll=G_roll, timed=timed, opt=opt, reward_fn=reward_fn:
+            g_step(G, G_roll, timed, opt, B, T, cfg, reward_fn=reward_fn))
+        results[name] = dict(record, g_step_s=seconds, peak=peak, metrics=metrics,
+                             d_s=timed.seconds)
     a, b = results["batched"], results["per-rollout loop"]
     assert torch.equal(a["tokens"], b["tokens"]), "both implementations must see the same batch"
     diff = (a["rewards"][:, :-1] - b["rewards"][:, :-1]).flatten().double()
@@ -150,6 +166,9 @@ def run(quick: bool = False) -> list[dict]:
             "g_step_s": r["g_step_s"],
             "rewards_s": r["seconds"],
             "speedup": b["g_step_s"] / r["g_step_s"],
+            "d_calls_s": r["d_s"],
+            "sampling_s": r["seconds"] - r["d_s"],
+            "sampling_speedup": (b["seconds"] - b["d_s"]) / (r["seconds"] - r["d_s"]),
             "reward_mean": float(r["rewards"][:, :-1].mean()),
             "mc_z": z,
             "same_in_mc_error": abs(z) < 4 and last_equal,

@@ -79,7 +79,7 @@ class SeqGANConfig:
     batch_size: int = 64  # global batch of generated sequences (G) and of real/fake (D)
     num_rollouts: int = 16  # Monte-Carlo completions per prefix (official: 16)
     rollout_update_rate: float = 0.8  # theta_roll <- rate*theta_roll + (1-rate)*theta_G
-    rollout_chunk: int = 2048  # max sequences per D call when scoring rollouts (memory bound)
+    rollout_chunk: int = 1024  # max sequences per D call when scoring rollouts (memory bound)
     baseline: str = "none"  # none (SeqGAN) | ema | loo (leave-one-out across the batch)
     baseline_beta: float = 0.9  # EMA baseline decay
     g_lr: float = 1e-2  # Adam, as the official code's adversarial G updates
@@ -163,7 +163,7 @@ def repeat_state(generator, state, n: int):
 
 
 @torch.no_grad()
-def rollout_rewards(G_roll, D, tokens: Tensor, num_rollouts: int, *, chunk: int = 2048,
+def rollout_rewards(G_roll, D, tokens: Tensor, num_rollouts: int, *, chunk: int = 1024,
                     eos: int | None = None, pad: int | None = None,
                     rng: torch.Generator | None = None) -> Tensor:
     """SeqGAN's per-token rewards ``(B, T)`` of the sequences ``tokens`` ``(B, T)`` (no grad).
@@ -215,7 +215,7 @@ def rollout_rewards(G_roll, D, tokens: Tensor, num_rollouts: int, *, chunk: int 
 
 
 @torch.no_grad()
-def score_sequences(D, seqs: Tensor, chunk: int = 2048) -> Tensor:
+def score_sequences(D, seqs: Tensor, chunk: int = 1024) -> Tensor:
     """``sigmoid(D(seqs))`` ``(n,)`` in float32, D in eval mode, ``chunk`` rows per call."""
     was_training = D.training
     D.eval()
@@ -256,13 +256,16 @@ def sample_tokens(G, batch_size: int, seq_len: int, *, eos=None, pad=None,
 
 
 def policy_loss(G, tokens: Tensor, rewards: Tensor, mask: Tensor | None = None, *,
-                baseline: str = "none", ema: S.EMABaseline | None = None) -> Tensor:
+                baseline: str = "none", ema: S.EMABaseline | None = None,
+                reduce: Callable[[Tensor], Tensor] | None = None) -> Tensor:
     """The REINFORCE surrogate of SeqGAN on sampled ``tokens`` ``(B, T)``.
 
     ``log p(y_t | y_<t)`` comes from one teacher-forced pass of G; ``rewards`` are per-token
     ``(B, T)`` (or per-sequence ``(B,)``); the baseline is ``none``, ``ema`` (``ema`` called on
     the counted rewards: the value from previous batches, then updated) or ``loo``
-    (``b_i(t) = mean_{j != i} Q_j(t)`` over the batch).
+    (``b_i(t) = mean_{j != i} Q_j(t)`` over the batch). ``reduce`` (multi-process runs) averages
+    the batch's mean reward over processes before the EMA update, so that every process keeps
+    the same EMA (the one the main process checkpoints).
     """
     logits = G(C.teacher_forcing(tokens, G.start_token))
     log_prob = S.categorical_log_prob(logits, tokens)
@@ -272,6 +275,8 @@ def policy_loss(G, tokens: Tensor, rewards: Tensor, mask: Tensor | None = None, 
         if ema is None:
             raise ValueError("`baseline='ema'` needs an EMABaseline `ema`")
         counted = rewards if mask is None or rewards.shape != mask.shape else rewards[mask.bool()]
+        if reduce is not None:
+            counted = reduce(counted.float().mean()).reshape(1)
         b = ema(counted).reshape(-1)[0]
     elif baseline == "loo":
         if rewards.shape[0] < 2:
@@ -287,12 +292,13 @@ RewardFn = Callable[..., Tensor]
 
 def g_step(G, G_roll, D, opt_g, batch_size: int, seq_len: int, cfg: SeqGANConfig, *,
            ema: S.EMABaseline | None = None, eos=None, pad=None, sync=None, backward=None,
-           rng: torch.Generator | None = None, reward_fn: RewardFn | None = None) -> dict:
+           rng: torch.Generator | None = None, reward_fn: RewardFn | None = None,
+           reduce: Callable[[Tensor], Tensor] | None = None) -> dict:
     """One policy-gradient update of G on ``batch_size`` fresh samples (D and G_roll frozen).
 
     ``reward_fn(G_roll, D, tokens, num_rollouts, chunk=, eos=, pad=, rng=)`` defaults to
     :func:`rollout_rewards`. The rollout policy is not updated here (see
-    :func:`update_rollout`).
+    :func:`update_rollout`). ``reduce``: see :func:`policy_loss`.
     """
     D.requires_grad_(False)
     try:
@@ -301,7 +307,8 @@ def g_step(G, G_roll, D, opt_g, batch_size: int, seq_len: int, cfg: SeqGANConfig
                                                  chunk=cfg.rollout_chunk, eos=eos, pad=pad,
                                                  rng=rng)
         mask = sample.mask if eos is not None else None
-        loss = policy_loss(G, sample.tokens, rewards, mask, baseline=cfg.baseline, ema=ema)
+        loss = policy_loss(G, sample.tokens, rewards, mask, baseline=cfg.baseline, ema=ema,
+                           reduce=reduce)
         opt_g.zero_grad(set_to_none=True)
         (backward or Tensor.backward)(loss)
         if sync is not None:
@@ -385,8 +392,7 @@ def train(cfg) -> SeqGANResult:
     rollout_state = None
     if run.resume_from is not None:
         state = C.load_checkpoint(run, run.resume_from)
-        # checkpoints are named by offset steps; the phase's own step is in `extra`
-        phase_step = state["extra"].get("step", state["step"])
+        phase_step = state["step"]  # the step within its phase (directories add an offset)
         if state["phase"] == "pretrain":
             pre_start = phase_step
         elif state["phase"] == "d_pretrain":
@@ -442,8 +448,7 @@ def d_pretrain(run: C.Run, G, D, opt_d, start: int, ckpt_offset: int) -> int:
             C.log_metrics(run, step, "d_pretrain", _mean(window))
             window = []
         if step % tc.checkpoint_every == 0 or step == tc.d_pretrain_steps or run.interrupted:
-            C.save_checkpoint(run, ckpt_offset + step, "d_pretrain", {"step": step},
-                              tc.keep_last)
+            C.save_checkpoint(run, step, "d_pretrain", None, tc.keep_last, offset=ckpt_offset)
         if run.interrupted:
             bar.close()
             raise C.Interrupted(run.out_dir, "d_pretrain", step)
@@ -464,6 +469,7 @@ def adversarial(run: C.Run, G, G_roll, D, opt_g, opt_d, ema, start: int,
             f"{acc.num_processes}"
         )
     local_bs = tc.batch_size // acc.num_processes
+    reduce = (lambda t: acc.reduce(t, "mean")) if acc.num_processes > 1 else None
     bar = C.progress(run, tc.adv_steps, start, "adversarial")
     step, window = start, []
     while step < tc.adv_steps:
@@ -472,7 +478,8 @@ def adversarial(run: C.Run, G, G_roll, D, opt_g, opt_d, ema, start: int,
         d.train()
         with acc.autocast():
             for _ in range(tc.g_steps):
-                gm = g_step(g, G_roll, d, opt_g, local_bs, corpus.seq_len, tc, ema=ema, **kw)
+                gm = g_step(g, G_roll, d, opt_g, local_bs, corpus.seq_len, tc, ema=ema,
+                            reduce=reduce, **kw)
                 update_rollout(G_roll, g, tc.rollout_update_rate)
             for k in range(tc.d_steps):
                 real = C.local_batch(run, corpus.train, step * tc.d_steps + k, tc.batch_size)
@@ -492,9 +499,8 @@ def adversarial(run: C.Run, G, G_roll, D, opt_g, opt_d, ema, start: int,
             bar.write(f"[adversarial {step}] "
                       + " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
         if step % tc.checkpoint_every == 0 or step == tc.adv_steps or run.interrupted:
-            extra = {"step": step, "baseline": ema.state_dict(),
-                     "rollout": _tensor_state(G_roll)}
-            C.save_checkpoint(run, ckpt_offset + step, "adversarial", extra, tc.keep_last)
+            extra = {"baseline": ema.state_dict(), "rollout": _tensor_state(G_roll)}
+            C.save_checkpoint(run, step, "adversarial", extra, tc.keep_last, offset=ckpt_offset)
         if run.interrupted:
             bar.close()
             raise C.Interrupted(run.out_dir, "adversarial", step)
