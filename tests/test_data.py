@@ -106,3 +106,14 @@ def test_oracle_corpus_deterministic():
     assert torch.equal(a.train, b.train) and not torch.equal(a.train[:10], a.test)
     assert a.vocab is None and a.start_token == 0 and a.oracle is not None
     assert a.decode(a.train[:1])[0] == [str(t) for t in a.train[0].tolist()]
+
+
+def test_nll_test_accepts_a_corpus(tiny_corpus_dir):
+    from textgan.metrics import nll_test
+    from textgan.models import build_generator
+
+    c = load_corpus(DataConfig(path=str(tiny_corpus_dir)))
+    G = build_generator("lstm", vocab_size=c.vocab_size, start_token=c.start_token,
+                        embed_dim=4, hidden_dim=4)
+    assert nll_test(G, c) == nll_test(G, c.test, pad=c.pad)
+    assert nll_test(G, c) != nll_test(G, c.test)  # padding is excluded

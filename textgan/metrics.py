@@ -536,7 +536,8 @@ def nll_test(generator, tokens, *, pad: int | None = None, batch_size: int = 256
 
     Args:
         generator: a callable with attributes ``start_token`` and ``vocab_size``.
-        tokens: held-out sequences, ``LongTensor (n, T)``.
+        tokens: held-out sequences, ``LongTensor (n, T)``, or a
+            :class:`~textgan.data.Corpus`, whose test split and ``pad`` are then used.
         pad: the padding id to ignore, or None to count every position.
         batch_size: sequences per forward pass.
 
@@ -550,6 +551,8 @@ def nll_test(generator, tokens, *, pad: int | None = None, batch_size: int = 256
     import torch
     import torch.nn.functional as F
 
+    if hasattr(tokens, "test") and hasattr(tokens, "pad"):  # a Corpus: nll_test(G, corpus)
+        tokens, pad = tokens.test, tokens.pad if pad is None else pad
     tokens = _check_tokens(tokens)
     _check_order(batch_size, "batch_size")
     device = tokens.device
