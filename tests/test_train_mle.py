@@ -153,3 +153,36 @@ def test_eval_command_on_a_run_and_temperature_sweep(tmp_path, tiny_corpus_dir, 
     rows = json.loads((sweep / "sweep.json").read_text())
     assert [r["temperature"] for r in rows] == [0.7, 1.3]
     assert (sweep / "quality_diversity.png").stat().st_size > 1000
+
+
+def _word_tokenizer(path, sentences):
+    """A tiny word-level HF tokenizer built offline and saved to ``path``."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = sorted({w for s in sentences for w in s.split()})
+    vocab = {w: i for i, w in enumerate(["[UNK]", "[EOS]", *words])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]",
+                            eos_token="[EOS]").save_pretrained(str(path))
+
+
+def test_gpt2_with_hf_tokenizer_corpus_trains_and_samples(tmp_path, tiny_corpus_dir, capsys):
+    lines = (tiny_corpus_dir / "train.txt").read_text().splitlines()
+    _word_tokenizer(tmp_path / "tok", lines + (tiny_corpus_dir / "test.txt").read_text().split())
+    out = tmp_path / "run"
+    code = main(["train", str(REPO / "recipes" / "mle" / "coco_gpt2.yaml"), f"output_dir={out}",
+                 f"data.path={tiny_corpus_dir}", f"data.tokenizer={tmp_path / 'tok'}",
+                 "data.max_len=12",
+                 "generator.model_config={n_layer: 1, n_head: 2, n_embd: 16, n_positions: 16}",
+                 "train.steps=2", "train.batch_size=16", "eval.every=2", "eval.num_samples=8"])
+    assert code == 0
+    assert _records(out, key="bleu2") and _records(out, key="nll_test")
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["pad"] != meta["eos"] and meta["vocab_size"] >= 3
+    capsys.readouterr()
+    assert main(["sample", str(out), "--n", "3", "--seed", "1"]) == 0
+    words = capsys.readouterr().out.split()
+    assert words and not any(w.startswith("[") for w in words)
+    assert all(w in set(" ".join(lines).split()) | {"[UNK]"} for w in words)

@@ -80,11 +80,65 @@ class Vocab:
         _atomic_write_text(Path(path), json.dumps({"itos": self.itos}, ensure_ascii=False))
 
     @classmethod
-    def load(cls, path: str | Path) -> Vocab:
-        itos = json.loads(Path(path).read_text(encoding="utf-8"))["itos"]
+    def load(cls, path: str | Path) -> Vocab | HFVocab:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        if "tokenizer" in data:
+            return HFVocab.from_path(data["tokenizer"])
+        itos = data["itos"]
         if tuple(itos[:4]) != SPECIALS:
             raise ValueError(f"vocabulary file '{path}' does not start with {SPECIALS}")
         return cls(itos[4:])
+
+
+class HFVocab:
+    """A Hugging Face tokenizer (local directory) in place of the whitespace vocabulary.
+
+    Sentences are split by the tokenizer; ``<pad>`` / ``<bos>`` / ``<eos>`` use the tokenizer's
+    own special tokens, and those it lacks are added (GPT-2's single ``<|endoftext|>`` serves as
+    bos and eos; a pad token is added so that padding never hides the end token). Decoding
+    returns whitespace words of the detokenised text, so BLEU compares words.
+    """
+
+    def __init__(self, tokenizer, path: str):
+        self.tok, self.path = tokenizer, path
+        if tokenizer.eos_token is None:
+            tokenizer.add_special_tokens({"eos_token": "<eos>"})
+        if tokenizer.bos_token is None:
+            tokenizer.add_special_tokens({"bos_token": tokenizer.eos_token})
+        if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
+            tokenizer.add_special_tokens({"pad_token": "<pad>"})
+        self.pad, self.bos, self.eos = (tokenizer.pad_token_id, tokenizer.bos_token_id,
+                                        tokenizer.eos_token_id)
+        self.unk = tokenizer.unk_token_id if tokenizer.unk_token_id is not None else self.eos
+
+    @classmethod
+    def from_path(cls, path: str | Path) -> HFVocab:
+        if not Path(path).is_dir():
+            raise FileNotFoundError(
+                f"`data.tokenizer` '{path}' is not a local directory (tokenizers are never "
+                f"downloaded); save one with tokenizer.save_pretrained(DIR)"
+            )
+        from transformers import AutoTokenizer
+
+        return cls(AutoTokenizer.from_pretrained(str(path), local_files_only=True), str(path))
+
+    def __len__(self) -> int:
+        return len(self.tok)
+
+    def split(self, line: str) -> list[str]:
+        return self.tok.tokenize(line)
+
+    def encode(self, pieces: list[str]) -> list[int]:
+        return self.tok.convert_tokens_to_ids(pieces)
+
+    def decode(self, ids, stop_at_eos: bool = True) -> list[str]:
+        ids = [int(i) for i in ids]
+        if stop_at_eos and self.eos in ids:
+            ids = ids[: ids.index(self.eos)]
+        return self.tok.decode(ids, skip_special_tokens=True).split()
+
+    def save(self, path: str | Path) -> None:
+        _atomic_write_text(Path(path), json.dumps({"tokenizer": str(Path(self.path).resolve())}))
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -113,6 +167,7 @@ class DataConfig:
     text_field: str = "text"  # .jsonl/.csv/save_to_disk: column holding the sentence
     test_ratio: float = 0.1  # single-file corpora: held-out fraction (seeded split)
     lowercase: bool = False  # text: lower-case before tokenising
+    tokenizer: str | None = None  # text: local HF tokenizer directory instead of whitespace words
 
     def __post_init__(self):
         if self.name not in ("text", "oracle"):
@@ -291,9 +346,12 @@ def _split(lines: list[str], cfg: DataConfig) -> dict[str, list[str]]:
             "test": [lines[i] for i in order[:n_test]]}
 
 
-def _text_corpus(cfg: DataConfig, vocab: Vocab | None) -> Corpus:
+def _text_corpus(cfg: DataConfig, vocab: Vocab | HFVocab | None) -> Corpus:
     raw = read_sentences(cfg)
-    tok = {s: [(line.lower() if cfg.lowercase else line).split() for line in lines]
+    if cfg.tokenizer and vocab is None:
+        vocab = HFVocab.from_path(cfg.tokenizer)
+    split = vocab.split if isinstance(vocab, HFVocab) else str.split
+    tok = {s: [split(line.lower() if cfg.lowercase else line) for line in lines]
            for s, lines in raw.items()}
     max_len = cfg.max_len or max(len(w) for lines in tok.values() for w in lines)
     for s in tok:
@@ -329,7 +387,7 @@ def _apply_max_len(lines: list[list[str]], max_len: int, overflow: str,
     return kept
 
 
-def _encode(vocab: Vocab, lines: list[list[str]], max_len: int) -> Tensor:
+def _encode(vocab: Vocab | HFVocab, lines: list[list[str]], max_len: int) -> Tensor:
     out = torch.full((len(lines), max_len + 1), vocab.pad, dtype=torch.long)
     for i, words in enumerate(lines):
         ids = vocab.encode(words) + [vocab.eos]
