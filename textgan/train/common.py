@@ -96,8 +96,13 @@ def make_run(cfg: RecipeConfig) -> Run:
     torch.manual_seed(cfg.seed)
     tb = None
     if accelerator.is_main_process and cfg.eval.tensorboard:
-        from torch.utils.tensorboard import SummaryWriter
-
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise ValueError(
+                "`eval.tensorboard: true` needs the tensorboard package (pip install "
+                "tensorboard); metrics.jsonl is always written"
+            ) from None
         tb = SummaryWriter(str(out_dir / "tensorboard"))
     run = Run(cfg=cfg, accelerator=accelerator, corpus=corpus, out_dir=out_dir,
               resume_from=resume_from, tb_writer=tb)
