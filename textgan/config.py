@@ -285,6 +285,6 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> RecipeC
 
 def save_config(cfg: RecipeConfig, path: str | Path) -> None:
     """Write the resolved config as YAML (atomically)."""
-    from textgan.data import _atomic_write_text
+    from textgan.data import atomic_write_text
 
-    _atomic_write_text(Path(path), yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    atomic_write_text(Path(path), yaml.safe_dump(cfg.to_dict(), sort_keys=False))

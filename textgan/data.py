@@ -77,7 +77,7 @@ class Vocab:
         return out
 
     def save(self, path: str | Path) -> None:
-        _atomic_write_text(Path(path), json.dumps({"itos": self.itos}, ensure_ascii=False))
+        atomic_write_text(Path(path), json.dumps({"itos": self.itos}, ensure_ascii=False))
 
     @classmethod
     def load(cls, path: str | Path) -> Vocab | HFVocab:
@@ -138,10 +138,11 @@ class HFVocab:
         return self.tok.decode(ids, skip_special_tokens=True).split()
 
     def save(self, path: str | Path) -> None:
-        _atomic_write_text(Path(path), json.dumps({"tokenizer": str(Path(self.path).resolve())}))
+        atomic_write_text(Path(path), json.dumps({"tokenizer": str(Path(self.path).resolve())}))
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path``, then rename it into place."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)

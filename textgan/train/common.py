@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from textgan.config import RecipeConfig, save_config
-from textgan.data import Corpus, Vocab, load_corpus
+from textgan.data import Corpus, Vocab, atomic_write_text, load_corpus
 
 log = logging.getLogger("textgan")
 
@@ -125,9 +125,7 @@ def write_meta(out_dir: Path, cfg: RecipeConfig, corpus: Corpus) -> None:
     meta = {"algorithm": cfg.algorithm, "vocab_size": corpus.vocab_size,
             "start_token": corpus.start_token, "eos": corpus.eos, "pad": corpus.pad,
             "seq_len": corpus.seq_len, "data": cfg.data.name}
-    tmp = out_dir / f".meta.json.tmp{os.getpid()}"
-    tmp.write_text(json.dumps(meta, indent=1))
-    os.replace(tmp, out_dir / "meta.json")
+    atomic_write_text(out_dir / "meta.json", json.dumps(meta, indent=1))
     if corpus.vocab is not None:
         corpus.vocab.save(out_dir / "vocab.json")
 
@@ -152,6 +150,17 @@ def build_generator(cfg: RecipeConfig, corpus: Corpus):
         load_model_weights(G, ckpt, index=0)
         log.info("generator initialised from %s", ckpt)
     return G
+
+
+def build_models(cfg: RecipeConfig, corpus: Corpus, default_discriminator: str):
+    """The recipe's generator and discriminator (a GAN's two models)."""
+    from textgan.models import build_discriminator
+
+    G = build_generator(cfg, corpus)
+    spec = dict(cfg.discriminator or {"name": default_discriminator})
+    D = build_discriminator(spec.pop("name", default_discriminator),
+                            vocab_size=corpus.vocab_size, **spec)
+    return G, D
 
 
 def load_model_weights(model, ckpt: Path, index: int = 0) -> None:

@@ -160,20 +160,11 @@ def _finish(model, opt, grad_clip: float, sync) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def build_models(cfg, corpus):
-    from textgan.models import build_discriminator
-
-    G = C.build_generator(cfg, corpus)
-    spec = dict(cfg.discriminator or {"name": "relgan_cnn"})
-    D = build_discriminator(spec.pop("name", "relgan_cnn"), vocab_size=corpus.vocab_size, **spec)
-    return G, D
-
-
 def train(cfg) -> RelGANResult:
     """``textgan train`` entry point for ``algorithm: relgan``."""
     run = C.make_run(cfg)
     acc, corpus, tc = run.accelerator, run.corpus, cfg.train
-    G, D = build_models(cfg, corpus)
+    G, D = C.build_models(cfg, corpus, "relgan_cnn")
     baseline = S.EMABaseline(tc.baseline_beta).to(acc.device)
     opt_pre = mle.make_optimizer(G.parameters(), cfg.pretrain)
     opt_g = torch.optim.Adam(G.parameters(), lr=tc.g_lr)

@@ -362,15 +362,6 @@ def d_step(G, D, opt_d, real: Tensor, cfg: SeqGANConfig, *, eos=None, pad=None, 
 # --------------------------------------------------------------------------------------------
 
 
-def build_models(cfg, corpus):
-    from textgan.models import build_discriminator
-
-    G = C.build_generator(cfg, corpus)
-    spec = dict(cfg.discriminator or {"name": "seqgan_cnn"})
-    D = build_discriminator(spec.pop("name", "seqgan_cnn"), vocab_size=corpus.vocab_size, **spec)
-    return G, D
-
-
 def _tensor_state(module) -> dict:
     return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
 
@@ -379,7 +370,7 @@ def train(cfg) -> SeqGANResult:
     """``textgan train`` entry point for ``algorithm: seqgan``."""
     run = C.make_run(cfg)
     acc, corpus, tc = run.accelerator, run.corpus, cfg.train
-    G, D = build_models(cfg, corpus)
+    G, D = C.build_models(cfg, corpus, "seqgan_cnn")
     G_roll = make_rollout_policy(G).to(acc.device)
     ema = S.EMABaseline(tc.baseline_beta).to(acc.device)
     opt_pre = mle.make_optimizer(G.parameters(), cfg.pretrain)
