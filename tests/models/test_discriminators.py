@@ -208,3 +208,53 @@ def test_seqgan_l2_loss_is_tf_l2_loss_of_output_layer():
     assert D.l2_loss().item() == pytest.approx(expected, rel=1e-6)
     D.l2_loss().backward()
     assert torch.allclose(D.out.weight.grad, torch.full_like(D.out.weight, 0.2 * 0.5))
+
+
+# ------------------------------------------------------------------------------------------
+# The fused conv + max-over-time (saves only the argmax) and the fast dropout
+
+
+@pytest.mark.parametrize("B_, T, R, d, n, f", [
+    (3, 7, 4, 1, 5, 3),  # narrow windows (K = f d <= T'): gather branch, RelGAN's case
+    (3, 7, 4, 2, 5, 2),
+    (2, 6, 1, 4, 3, 5),  # wide windows (K > T'): dense branch, SeqGAN's case
+])
+def test_conv_max_pool_matches_eager_and_passes_gradcheck(B_, T, R, d, n, f):
+    from textgan.models.discriminators import _ConvMaxPool, _windows
+
+    torch.manual_seed(0)
+    emb = torch.randn(B_, T, R, d, dtype=torch.double, requires_grad=True)
+    w = torch.randn(n, 1, f, d, dtype=torch.double, requires_grad=True)
+    fused = _ConvMaxPool.apply(emb, w, f)
+    eager = torch.matmul(_windows(emb, f), w.reshape(n, -1).t()).max(dim=1).values
+    assert torch.equal(fused, eager)
+    g = torch.randn_like(fused)
+    assert all(torch.allclose(a, b, atol=1e-12) for a, b in zip(
+        torch.autograd.grad(fused, (emb, w), g), torch.autograd.grad(eager, (emb, w), g)))
+    fn = lambda a, b: _ConvMaxPool.apply(a, b, f)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (emb, w))
+    assert torch.autograd.gradgradcheck(fn, (emb, w))
+
+
+def test_conv_max_pool_chunks_give_the_same_result(monkeypatch):
+    from textgan.models import discriminators as Dm
+
+    D = _small_relgan().eval()
+    x = _relaxed(9)
+    full = D(x)
+    monkeypatch.setattr(Dm, "_CHUNK_ELEMENTS", 1)  # one batch row per chunk
+    assert torch.equal(D(x), full)
+
+
+def test_fast_dropout_keeps_the_expected_fraction_and_scale():
+    from textgan.models.discriminators import Dropout
+
+    torch.manual_seed(0)
+    drop = Dropout(0.25).train()
+    y = drop(torch.ones(200_000))
+    kept = (y > 0).double().mean().item()
+    assert abs(kept - 0.75) < 4 * (0.75 * 0.25 / 200_000) ** 0.5  # 4 sigma
+    assert torch.all((y == 0) | torch.isclose(y, torch.tensor(1 / 0.75)))
+    assert torch.equal(drop.eval()(y), y)
+    with pytest.raises(ValueError, match=r"dropout must be in \[0, 1\), got 1.0"):
+        Dropout(1.0)

@@ -4,7 +4,9 @@ Setting of RelGAN's synthetic experiment: B=64, T=20, V=5000, RMC generator 1 sl
 256 (embedding 32), discriminator with 64 representations (filters 2-5 x 300), RSGAN loss,
 Gumbel-Softmax with hard feeding. For scale, TextGAN-PyTorch needs about 31 s per iteration in
 this configuration on the 2-core CPU this toolkit is developed on (figure from the RelGAN issue).
-The profile rows give the share of time of the top operators (torch.profiler, one iteration).
+The profile rows give the share of time of the top operators (torch.profiler, one float32
+iteration). ``bf16`` rows run the same steps under ``torch.autocast("cpu", torch.bfloat16)`` (what
+``mixed_precision: bf16`` does; matmuls in bfloat16, the sampler core in float32).
 """
 
 from __future__ import annotations
@@ -46,16 +48,19 @@ def run(quick: bool = False) -> list[dict]:
     repeats = 1 if quick else 3
     G, D, opt_g, opt_d, real = _setup(V, B, T, hs, reps, nf)
     rows = []
-    for estimator in ("gumbel_softmax", "score_function"):
-        cfg = RelGANConfig(estimator=estimator)
-        base = EMABaseline()
-        t_g = _time(lambda c=cfg, b=base: g_step(G, D, opt_g, real, 0.5, c, baseline=b), repeats)
-        t_d = _time(lambda c=cfg: d_step(G, D, opt_d, real, 0.5, c), repeats)
-        it = t_g + 5 * t_d
-        rows.append({"what": f"iteration 1G+5D ({estimator})", "seconds": it,
-                     "g_step_s": t_g, "d_step_s": t_d,
-                     "speedup_vs_TextGAN-PyTorch": TEXTGAN_PYTORCH_S / it if not quick else "",
-                     "peak_rss_MiB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+    for precision in ("fp32", "bf16"):
+        for estimator in ("gumbel_softmax", "score_function"):
+            cfg = RelGANConfig(estimator=estimator)
+            base = EMABaseline()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+                t_g = _time(lambda c=cfg, b=base: g_step(G, D, opt_g, real, 0.5, c, baseline=b),
+                            repeats)
+                t_d = _time(lambda c=cfg: d_step(G, D, opt_d, real, 0.5, c), repeats)
+            it = t_g + 5 * t_d
+            rows.append({"what": f"iteration 1G+5D ({estimator}, {precision})", "seconds": it,
+                         "g_step_s": t_g, "d_step_s": t_d,
+                         "speedup_vs_TextGAN-PyTorch": TEXTGAN_PYTORCH_S / it if not quick else "",
+                         "peak_rss_MiB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
     rows += _profile(G, D, opt_g, opt_d, real)
     return rows
 

@@ -62,6 +62,79 @@ def _embed(weight: Tensor, x: Tensor) -> Tensor:
     return torch.matmul(x.to(weight.dtype), weight)  # (B, T, V) @ (V, D): one 2-D GEMM
 
 
+def _windows(emb: Tensor, f: int) -> Tensor:
+    """Sliding windows ``(B, T-f+1, R, f*d)`` (order ``(f, d)``) of ``emb`` ``(B, T, R, d)``."""
+    B, T, R, d = emb.shape
+    return emb.unfold(1, f, 1).transpose(-1, -2).reshape(B, T - f + 1, R, f * d)
+
+
+_CHUNK_ELEMENTS = 1 << 21  # scores computed per chunk of batch rows: ~8 MB, cache-friendly
+
+
+class _ConvMaxPool(torch.autograd.Function):
+    """``max_t (windows_t @ W^T)`` that keeps only the argmax for backward.
+
+    The eager version materialises the ``(B, T', R, n)`` score tensor, keeps it for the max's
+    backward and, in backward, fills an equally large zero tensor to scatter into: for RelGAN's
+    discriminator (``R = 64``, ``n = 300``, four filter sizes, real and fake) that is ~750 MB of
+    memory traffic per step. Here the scores are computed in chunks of batch rows and dropped
+    after the max; backward uses the saved argmax: ``dW[c] = sum g[b,r,c] * window[b, t*, r]``
+    via a gather (when the window is narrower than the sequence, RelGAN's case) or one dense
+    scatter + matmul (wide windows, SeqGAN's case). Backward is written with differentiable ops,
+    so double backward (the WGAN-GP penalty) works; both are checked by ``gradcheck``.
+    """
+
+    @staticmethod
+    @torch.autocast("cpu", enabled=False)
+    @torch.autocast("cuda", enabled=False)
+    def forward(ctx, emb: Tensor, weight: Tensor, f: int) -> Tensor:
+        B, T, R, _ = emb.shape
+        n = weight.shape[0]
+        # Scores in the parameters' precision even under autocast: the matmul has a tiny inner
+        # dimension (memory-bound), and max over bf16 scores is slower than over float32.
+        wt = weight.reshape(n, -1).t()
+        win = _windows(emb.to(weight.dtype), f)
+        chunk = max(1, _CHUNK_ELEMENTS // max(1, (T - f + 1) * R * n))
+        parts = [torch.matmul(win[s:s + chunk], wt).max(dim=1) for s in range(0, B, chunk)]
+        values = torch.cat([p.values for p in parts]) if len(parts) > 1 else parts[0].values
+        index = torch.cat([p.indices for p in parts]) if len(parts) > 1 else parts[0].indices
+        ctx.save_for_backward(emb, weight, index)
+        ctx.f = f
+        return values  # (B, R, n)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        emb, weight, index = ctx.saved_tensors
+        f = ctx.f
+        B, T, R, d = emb.shape
+        n, K, Tp = weight.shape[0], f * d, T - f + 1
+        w = weight.reshape(n, K)
+        grad = grad.to(w.dtype)
+        win = _windows(emb, f).to(w.dtype).permute(0, 2, 1, 3)  # (B, R, T', K)
+        grad_emb = grad_w = None
+        if K <= Tp:  # gather the winning windows: B*R*n*K values
+            ix = index.unsqueeze(-1).expand(B, R, n, K)
+            if ctx.needs_input_grad[1]:
+                grad_w = torch.einsum("brn,brnk->nk", grad, win.gather(2, ix))
+            if ctx.needs_input_grad[0]:
+                grad_win = win.new_zeros(B, R, Tp, K).scatter_add(2, ix, grad.unsqueeze(-1) * w)
+        else:  # dense scatter of the pooled gradient: B*R*T'*n values
+            dense = grad.new_zeros(B, R, n, Tp).scatter(3, index.unsqueeze(-1), grad.unsqueeze(-1))
+            dense = dense.transpose(2, 3)  # (B, R, T', n)
+            if ctx.needs_input_grad[1]:
+                grad_w = torch.einsum("brtn,brtk->nk", dense, win)
+            if ctx.needs_input_grad[0]:
+                grad_win = torch.matmul(dense, w)
+        if ctx.needs_input_grad[0]:
+            grad_win = grad_win.reshape(B, R, Tp, f, d).permute(0, 2, 1, 3, 4)  # (B,T',R,f,d)
+            grad_emb = sum(F.pad(grad_win[:, :, :, j], (0, 0, 0, 0, j, f - 1 - j))
+                           for j in range(f))
+            grad_emb = grad_emb.to(emb.dtype)
+        if grad_w is not None:
+            grad_w = grad_w.reshape(weight.shape).to(weight.dtype)
+        return grad_emb, grad_w, None
+
+
 def _conv_max_pool(emb: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     """Max-over-time of a VALID convolution whose kernel spans whole representations.
 
@@ -72,14 +145,9 @@ def _conv_max_pool(emb: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
 
     Returns:
         ``(B, R, n)`` equal to ``F.conv2d(emb.view(B, 1, T, R*d), weight, bias, stride=(1, d))
-        .amax(dim=2).transpose(1, 2)``.
+        .amax(dim=2).transpose(1, 2)`` (see :class:`_ConvMaxPool`).
     """
-    B, T, R, d = emb.shape
-    n, _, f, _ = weight.shape
-    windows = emb.unfold(1, f, 1)  # (B, T-f+1, R, d, f)
-    windows = windows.transpose(-1, -2).reshape(B, T - f + 1, R, f * d)  # order (f, d)
-    scores = torch.matmul(windows, weight.reshape(n, f * d).t())  # (B, T-f+1, R, n)
-    pooled = scores.max(dim=1).values  # (B, R, n); max(dim) backward needs only the indices
+    pooled = _ConvMaxPool.apply(emb, weight, weight.shape[2])
     return pooled if bias is None else pooled + bias
 
 
@@ -100,10 +168,19 @@ def _check_filters(filter_sizes, num_filters) -> tuple[tuple[int, ...], tuple[in
     return fs, nf
 
 
-def _check_dropout(p: float) -> float:
-    if not 0.0 <= p < 1.0:
-        raise ValueError(f"dropout must be in [0, 1), got {p}")
-    return float(p)
+class Dropout(nn.Dropout):
+    """``nn.Dropout`` with the mask drawn as ``rand >= p``: same distribution, ~3x faster on CPU
+    than ``bernoulli_`` for the discriminators' ``(B, R, 1200)`` activations."""
+
+    def __init__(self, p: float):
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {p}")
+        super().__init__(float(p))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        return x * torch.rand_like(x).ge_(self.p).mul_(1.0 / (1.0 - self.p))
 
 
 class Highway(nn.Module):
@@ -119,8 +196,12 @@ class Highway(nn.Module):
         self.gate = nn.Linear(dim, dim, bias=bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        t = torch.sigmoid(self.gate(x))
-        return t * torch.relu(self.lin(x)) + (1.0 - t) * x
+        # One (dim -> 2 dim) matmul instead of two, and x + t (h - x) == t h + (1 - t) x with
+        # fewer passes over the (rows, dim) tensors.
+        weight = torch.cat([self.lin.weight, self.gate.weight])
+        bias = None if self.lin.bias is None else torch.cat([self.lin.bias, self.gate.bias])
+        h, g = F.linear(x, weight, bias).chunk(2, dim=-1)
+        return torch.addcmul(x, torch.sigmoid(g), torch.relu(h) - x)
 
 
 # --------------------------------------------------------------------------------------------
@@ -193,7 +274,7 @@ class RelGANDiscriminator(nn.Module):
         )
         total = sum(nf)
         self.highway = Highway(total, bias=False)
-        self.dropout = nn.Dropout(_check_dropout(dropout))
+        self.dropout = Dropout(dropout)
         self.hidden = nn.Linear(total, hidden_dim)
         self.out = nn.Linear(hidden_dim, 1)
         self.reset_parameters()
@@ -292,7 +373,7 @@ class SeqGANDiscriminator(nn.Module):
         )
         total = sum(nf)
         self.highway = Highway(total, bias=True)
-        self.dropout = nn.Dropout(_check_dropout(dropout))
+        self.dropout = Dropout(dropout)
         self.out = nn.Linear(total, 1)
         self.reset_parameters()
 
