@@ -283,6 +283,19 @@ def test_sample_sequence_prefix_and_state(tiny_oracle):
         S.sample_sequence(G, 2, 2, prefix=prefix)
 
 
+def test_sample_sequence_tokens_only_draws_the_same_tokens():
+    G = OracleLSTM.random(seed=2, vocab_size=4, hidden_dim=4, seq_len=6)
+    prefix = torch.tensor([[1, 2], [3, 1], [0, 0]])
+    for kw in ({}, {"prefix": prefix}, {"eos": 1, "pad": 0}):
+        full = S.sample_sequence(G, 3, 6, rng=torch.Generator().manual_seed(0), **kw)
+        lean = S.sample_sequence(G, 3, 6, rng=torch.Generator().manual_seed(0), tokens_only=True,
+                                 **kw)
+        assert torch.equal(lean.tokens, full.tokens) and torch.equal(lean.mask, full.mask)
+        assert lean.one_hot is None and lean.log_prob is None
+    with pytest.raises(ValueError, match="`tokens_only=True` needs method='multinomial'"):
+        S.sample_sequence(G, 3, 6, method="gumbel_softmax", tokens_only=True)
+
+
 def test_sample_sequence_eos_masks_and_pads():
     G = OracleLSTM.random(seed=2, vocab_size=4, hidden_dim=4, seq_len=6)
     out = S.sample_sequence(G, 500, 6, eos=1, pad=0, rng=torch.Generator().manual_seed(0))

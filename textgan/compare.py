@@ -33,11 +33,18 @@ Problems (:data:`PROBLEMS`; each factory returns a list of :class:`Problem`):
     ``n/a`` here (single-categorical only, see :mod:`textgan.estimators`).
 ``vae``, ``checkpoint``
     plug-ins (:data:`PLUGIN_MODULES`): the factory imports ``textgan.models.vae`` (resp.
-    ``textgan.train.relgan``, with ``--checkpoint PATH``) and calls its
-    ``estimator_problems(args) -> list[Problem]`` (e.g. :class:`ToyProblem` objects whose ``f``
-    is a model's objective on a one-hot latent). Without the module or the hook, the command
-    raises a clear ``ValueError`` ("problem 'vae' needs textgan.models.vae (not available
-    yet)").
+    :mod:`textgan.compare_models`, with ``--checkpoint PATH`` or ``--problem checkpoint PATH``)
+    and calls its ``estimator_problems(args) -> list[Problem]`` (e.g. :class:`ToyProblem`
+    objects whose ``f`` is a model's objective on a one-hot latent). Without the module or the
+    hook, the command raises a clear ``ValueError`` ("problem 'vae' needs textgan.models.vae
+    (not available yet)").
+``checkpoint``
+    a trained RelGAN / SeqGAN (discriminator as reward) or VAE (ELBO of a fixed batch) run or
+    checkpoint: model-scale problems (``model_scale = True``) that have no exact gradient in
+    general; :func:`run` hands them to :func:`textgan.compare_models.run_problems`, which
+    reports variance, SNR and cosine to a reference gradient instead of bias against an exact
+    one (see that module; its own ``--params``, ``--batch`` and ``--ref-samples`` options).
+    ``--draws`` defaults to 200 there (1000 elsewhere).
 
 Problem definitions are fixed (seed 0); ``--seed`` seeds the estimator draws only. ``sf_ema`` is
 measured in steady state: its EMA is warmed by one discarded call first. ``relax`` first fits its
@@ -414,7 +421,7 @@ def _plugin(problem: str, module: str, args) -> list[Problem]:
 
 
 #: where the plug-in problems live (each module defines ``estimator_problems(args)``).
-PLUGIN_MODULES = {"vae": "textgan.models.vae", "checkpoint": "textgan.train.relgan"}
+PLUGIN_MODULES = {"vae": "textgan.models.vae", "checkpoint": "textgan.compare_models"}
 
 
 def _vae_problems(args) -> list[Problem]:
@@ -424,9 +431,12 @@ def _vae_problems(args) -> list[Problem]:
 def _checkpoint_problems(args) -> list[Problem]:
     path = getattr(args, "checkpoint", None)
     if not path:
-        raise ValueError("problem 'checkpoint' needs --checkpoint PATH")
+        raise ValueError("problem 'checkpoint' needs --checkpoint PATH (or --problem checkpoint "
+                         "PATH): a relgan, seqgan or vae run directory or checkpoint")
     if not Path(path).exists():
-        raise FileNotFoundError(f"--checkpoint {path}: no such file or directory")
+        raise FileNotFoundError(f"--checkpoint {path}: no such file or directory; pass the "
+                                f"output_dir of a relgan, seqgan or vae run or one of its "
+                                f"checkpoints/step_N directories")
     return _plugin("checkpoint", PLUGIN_MODULES["checkpoint"], args)
 
 
@@ -640,17 +650,31 @@ def _parse_list(text: str, kind: type, flag: str) -> list:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--problem", default="toy",
-                        help=f"one of {list(PROBLEMS)} (default: toy)")
+    parser.add_argument("--problem", default="toy", nargs="+", metavar="NAME",
+                        help=f"one of {list(PROBLEMS)} (default: toy); 'checkpoint PATH' is "
+                             f"the same as --problem checkpoint --checkpoint PATH")
     parser.add_argument("--checkpoint", default=None, metavar="PATH",
-                        help="checkpoint for --problem checkpoint")
+                        help="relgan, seqgan or vae run directory or checkpoint for --problem "
+                             "checkpoint")
+    parser.add_argument("--params", default=None, choices=("auto", "output", "all", "logits"),
+                        help="checkpoint only: parameter subset of the gradients; auto (default):"
+                             " the generator's output layer (GAN) or all encoder parameters "
+                             "(VAE); all: every generator / encoder parameter; output: the "
+                             "generator's output layer / the encoder's latent head; logits: "
+                             "the VAE's latent logits")
+    parser.add_argument("--batch", type=int, default=None,
+                        help="checkpoint only: sentences in the VAE's fixed batch / real "
+                             "sequences of RelGAN's rsgan reward (default 32)")
+    parser.add_argument("--ref-samples", type=int, default=None, dest="ref_samples",
+                        help="checkpoint only: samples of the sf_rloo reference gradient when "
+                             "the exact one cannot be enumerated (default 20000)")
     parser.add_argument("--estimators", default=",".join(E.ESTIMATORS),
                         help=f"comma-separated subset of {list(E.ESTIMATORS)} (default: all)")
     parser.add_argument("--taus", default="0.1,0.5,1.0", help="temperatures (default 0.1,0.5,1.0)")
     parser.add_argument("--samples", default="1,10,100",
                         help="samples per estimate (default 1,10,100)")
-    parser.add_argument("--draws", type=int, default=1000,
-                        help="seeded estimates per setting (default 1000)")
+    parser.add_argument("--draws", type=int, default=None,
+                        help="seeded estimates per setting (default 1000; 200 for checkpoint)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the estimator draws")
     parser.add_argument("--gr-k", type=int, default=10, dest="gr_k",
                         help="Gumbel-Rao inner conditional samples (default 10)")
@@ -661,13 +685,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, metavar="DIR", help="output directory")
 
 
+def _problem_arg(args) -> tuple[str, str | None]:
+    """``--problem NAME`` or ``--problem checkpoint PATH`` -> (name, checkpoint)."""
+    value, checkpoint = args.problem, getattr(args, "checkpoint", None)
+    if isinstance(value, (list, tuple)):
+        if len(value) == 2 and value[0] == "checkpoint":
+            if checkpoint and checkpoint != value[1]:
+                raise ValueError(f"two checkpoints given ({value[1]} and --checkpoint "
+                                 f"{checkpoint}); give one: --problem checkpoint PATH")
+            return "checkpoint", value[1]
+        if len(value) != 1:
+            raise ValueError(f"--problem takes one name (or 'checkpoint PATH'), got "
+                             f"'{' '.join(map(str, value))}'")
+        value = value[0]
+    return value, checkpoint
+
+
 def run(args) -> int:
-    problem = args.problem
+    problem, checkpoint = _problem_arg(args)
+    args.problem, args.checkpoint = problem, checkpoint
     if problem not in PROBLEMS:
         raise ValueError(f"unknown problem '{problem}'; choose one of {list(PROBLEMS)}"
                          f"{_suggest(problem, PROBLEMS)}")
     if getattr(args, "checkpoint", None) and problem != "checkpoint":
         raise ValueError("--checkpoint is only used with --problem checkpoint")
+    for flag, key in (("--params", "params"), ("--batch", "batch"),
+                      ("--ref-samples", "ref_samples")):
+        if getattr(args, key, None) is not None and problem != "checkpoint":
+            raise ValueError(f"{flag} is only used with --problem checkpoint")
     names = _parse_list(args.estimators, str, "--estimators")
     for name in names:
         if name not in E.ESTIMATORS:
@@ -680,14 +725,26 @@ def run(args) -> int:
     samples = _parse_list(args.samples, int, "--samples")
     if any(n < 1 for n in samples):
         raise ValueError(f"--samples must be >= 1, got {args.samples}")
-    if args.draws < 2:
-        raise ValueError(f"--draws must be >= 2 (variance over draws), got {args.draws}")
+    draws = args.draws if args.draws is not None else (200 if problem == "checkpoint" else 1000)
+    args.draws = draws
+    if draws < 2:
+        raise ValueError(f"--draws must be >= 2 (variance over draws), got {draws}")
     if args.gr_k < 1:
         raise ValueError(f"--gr-k must be >= 1, got {args.gr_k}")
     threads = getattr(args, "threads", 1)
     if threads < 1:
         raise ValueError(f"--threads must be >= 1, got {threads}")
     problems = make_problems(problem, args)
+    if problems and all(getattr(p, "model_scale", False) for p in problems):
+        from textgan.compare_models import run_problems
+
+        previous = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            return run_problems(args, problems, list(dict.fromkeys(names)), taus, samples,
+                                draws)
+        finally:
+            torch.set_num_threads(previous)
     t0 = time.perf_counter()
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)

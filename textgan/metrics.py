@@ -47,6 +47,7 @@ __all__ = [
     "fraction_in_train",
     "mean_length",
     "nll_oracle",
+    "nll_sums",
     "nll_test",
     "novelty",
     "self_bleu",
@@ -586,6 +587,18 @@ def nll_test(generator, tokens, *, pad: int | None = None, batch_size: int = 256
     if count == 0:
         raise ValueError("every target token is padding; nothing to score")
     return float(total) / count
+
+
+def nll_sums(generator, tokens, *, pad: int | None = None, batch_size: int = 256
+             ) -> tuple[float, int]:
+    """The summed NLL (nats) of the counted tokens of ``tokens`` and their number: the parts of
+    :func:`nll_test` (``total / count``), for sums over shards of a test set (several
+    processes). Unlike :func:`nll_test` an all-padding shard is not an error (``(0.0, 0)``)."""
+    tokens = _check_tokens(tokens)
+    count = tokens.numel() if pad is None else int((tokens != pad).sum())
+    if count == 0:
+        return 0.0, 0
+    return nll_test(generator, tokens, pad=pad, batch_size=batch_size) * count, count
 
 
 # --------------------------------------------------------------------------------------------

@@ -66,6 +66,22 @@ class EvalHandle:
         C.load_model_weights(G, self.ckpt, index=0)
         return G.eval()
 
+    def load_discriminator(self):
+        """The discriminator of a GAN checkpoint (``relgan`` / ``seqgan``: the second saved
+        model, built as :func:`textgan.train.common.build_models` does), in eval mode."""
+        from textgan.models import build_discriminator
+
+        default = {"relgan": "relgan_cnn", "seqgan": "seqgan_cnn"}.get(self.cfg.algorithm)
+        if default is None:
+            raise ValueError(f"checkpoint '{self.ckpt}' is a {self.cfg.algorithm} run, which "
+                             f"has no discriminator (relgan and seqgan runs have one)")
+        spec = dict(self.cfg.discriminator or {"name": default})
+        spec.pop("init_from", None)
+        D = build_discriminator(spec.pop("name", default), vocab_size=self.meta["vocab_size"],
+                                **spec)
+        C.load_model_weights(D, self.ckpt, index=1)
+        return D.eval()
+
     @cached_property
     def corpus(self):
         from textgan.data import load_corpus

@@ -413,7 +413,8 @@ def _step_prefix(generator, prefix: Tensor, state, batch_size: int):
 def sample_sequence(generator, batch_size: int, max_len: int, *, method: str = "multinomial",
                     tau: float = 1.0, prefix: Tensor | None = None, state=None,
                     rng: torch.Generator | None = None, feed: str = "hard",
-                    eos: int | None = None, pad: int | None = None) -> Sample:
+                    eos: int | None = None, pad: int | None = None,
+                    tokens_only: bool = False) -> Sample:
     """Sample ``(B, max_len)`` sequences from an autoregressive ``generator``.
 
     Args:
@@ -433,6 +434,9 @@ def sample_sequence(generator, batch_size: int, max_len: int, *, method: str = "
         feed: next-step input for relaxed methods: ``"hard"`` (the sampled token, as RelGAN's
             official code) or ``"soft"`` (the relaxed one-hot; fully pathwise).
         eos: optional end token; after it, tokens become ``pad`` (default ``eos``), mask False.
+        tokens_only: ``multinomial`` only: return ``Sample(tokens, None, None, mask)``, skipping
+            the ``(B, T, V)`` one-hots and the log-softmax (SeqGAN's rollouts need the tokens
+            alone; the draws are the same as with ``tokens_only=False``).
 
     Returns:
         :class:`Sample`.
@@ -442,6 +446,8 @@ def sample_sequence(generator, batch_size: int, max_len: int, *, method: str = "
     if feed not in ("hard", "soft"):
         raise ValueError(f"`feed` must be 'hard' or 'soft', got '{feed}'")
     _check_tau(tau)
+    if tokens_only and method != "multinomial":
+        raise ValueError(f"`tokens_only=True` needs method='multinomial', got '{method}'")
     V = generator.vocab_size
     P = 0 if prefix is None else prefix.shape[1]
     if prefix is not None and prefix.shape[0] != batch_size:
@@ -468,8 +474,10 @@ def sample_sequence(generator, batch_size: int, max_len: int, *, method: str = "
         if method == "multinomial":
             scaled = logits / tau if tau != 1.0 else logits
             tok = gumbel_max(scaled, rng)
-            oh = F.one_hot(tok, V).float()
-            lp = categorical_log_prob(scaled, tok)
+            oh = lp = None
+            if not tokens_only:
+                oh = F.one_hot(tok, V).float()
+                lp = categorical_log_prob(scaled, tok)
         else:
             tok, oh = gumbel_softmax(logits, tau, hard=(method == "gumbel_st"), rng=rng)
             lp = categorical_log_prob(logits, tok)
@@ -477,8 +485,9 @@ def sample_sequence(generator, batch_size: int, max_len: int, *, method: str = "
         if eos is not None:
             dead = ~alive
             tok = torch.where(dead, torch.full_like(tok, pad_id), tok)
-            oh = torch.where(dead[:, None], F.one_hot(tok, V).float(), oh)
-            lp = lp.masked_fill(dead, 0.0)
+            if not tokens_only:
+                oh = torch.where(dead[:, None], F.one_hot(tok, V).float(), oh)
+                lp = lp.masked_fill(dead, 0.0)
             alive = alive & (tok != eos)
         tokens.append(tok)
         one_hots.append(oh)
@@ -486,14 +495,15 @@ def sample_sequence(generator, batch_size: int, max_len: int, *, method: str = "
         masks.append(mask_t)
         x = oh if (feed == "soft" and method != "multinomial") else tok
     out_tokens = torch.stack(tokens, 1)  # (B, T-P)
-    out_oh = torch.stack(one_hots, 1)  # (B, T-P, V)
-    out_lp = torch.stack(log_probs, 1)
     out_mask = torch.stack(masks, 1)
+    out_oh = None if tokens_only else torch.stack(one_hots, 1)  # (B, T-P, V)
+    out_lp = None if tokens_only else torch.stack(log_probs, 1)
     if P:
         out_tokens = torch.cat([prefix, out_tokens], 1)
-        out_oh = torch.cat([F.one_hot(prefix, V).float(), out_oh], 1)
-        out_lp = torch.cat([out_lp.new_zeros(batch_size, P), out_lp], 1)
         out_mask = torch.cat([out_mask.new_zeros(batch_size, P), out_mask], 1)
+        if not tokens_only:
+            out_oh = torch.cat([F.one_hot(prefix, V).float(), out_oh], 1)
+            out_lp = torch.cat([out_lp.new_zeros(batch_size, P), out_lp], 1)
     return Sample(out_tokens, out_oh, out_lp, out_mask)
 
 

@@ -4,6 +4,19 @@ checkpoints, metrics logging and periodic evaluation.
 Determinism by construction: the batch and the random seed of optimizer step ``s`` are pure
 functions of ``(recipe seed, phase, s)``, so resuming needs only the step, and a run with ``n``
 processes sees the same global batch as a run with one (each rank takes rows ``rank::n``).
+
+Several processes. Every random draw of a training step (generated fakes and their Gumbel noise,
+dropout masks, SeqGAN rollouts, VAE latent noise) is made per *row block* (:class:`Blocks`): the
+global batch is cut into ``K`` blocks (``train.rng_blocks``, default one per process), block
+``j`` draws from a stream seeded by ``(seed, phase, step, j)``, and process ``r`` of ``n``
+handles blocks ``r, r + n, ...``. Runs with the same ``K`` therefore draw the same global set of
+samples whatever ``n`` (any ``n`` dividing ``K``) and, since gradients are averaged over
+processes and every loss is a mean over the global batch, make the same updates up to float
+reduction order. The default ``K = n`` costs nothing but makes the random streams depend on
+``n``; ``rng_blocks: 8`` makes 1, 2, 4 and 8 processes give the same run, at the price of one
+sampler / model call per block. Evaluation (:func:`evaluate_generator`) draws its samples in
+chunks of ``eval.batch_size`` seeded by the chunk index, dealt round-robin to the processes, and
+reduces the metrics over all of them.
 """
 
 from __future__ import annotations
@@ -15,6 +28,7 @@ import os
 import shutil
 import signal
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -78,7 +92,8 @@ def make_run(cfg: RecipeConfig) -> Run:
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("accelerate").setLevel(logging.WARNING)
-    accelerator = Accelerator(**cfg.accelerate)
+    accelerator = Accelerator(**accelerator_kwargs(cfg))
+    check_launch(accelerator)
     out_dir = Path(cfg.output_dir)
     resume_from = find_checkpoint(out_dir, cfg.resume) if cfg.resume else None
     vocab = None
@@ -108,6 +123,57 @@ def make_run(cfg: RecipeConfig) -> Run:
               resume_from=resume_from, tb_writer=tb)
     _install_signal_handlers(run)
     return run
+
+
+_WORLD_ENV = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
+_LAUNCH_HELP = (
+    "on CPUs start the processes with torchrun: `accelerate launch --config_file "
+    "recipes/accelerate/cpu.yaml -m textgan train RECIPE` or `ACCELERATE_USE_CPU=1 accelerate "
+    "launch --multi_gpu --num_processes N -m textgan train RECIPE` (README, Multi-GPU)"
+)
+
+
+def _launched_processes() -> int:
+    """The number of processes the launcher started (1 when not launched as a group)."""
+    for name in _WORLD_ENV:
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
+    return 1
+
+
+def accelerator_kwargs(cfg: RecipeConfig) -> dict:
+    """``cfg.accelerate``, plus ``cpu=True`` when several processes were launched on a machine
+    without an accelerator (accelerate would otherwise give each process a world of its own)."""
+    kwargs = dict(cfg.accelerate)
+    has_device = torch.accelerator.is_available() if hasattr(torch, "accelerator") else \
+        torch.cuda.is_available()
+    if _launched_processes() > 1 and "cpu" not in kwargs and not has_device:
+        kwargs["cpu"] = True
+    return kwargs
+
+
+def check_launch(accelerator) -> None:
+    """Refuse a launch whose processes would not train together.
+
+    * launched as a group of ``N`` processes but accelerate set up another world size (e.g.
+      ``accelerate.cpu=false`` forced on a machine without GPUs);
+    * ``accelerate launch --cpu --num_processes N`` (or a ``MULTI_CPU`` config without an
+      ``mpirun`` hostfile): accelerate's simple launcher then starts a *single* process and
+      only sets ``MASTER_ADDR``; training would silently run on one process.
+    """
+    launched = _launched_processes()
+    if launched > 1 and accelerator.num_processes != launched:
+        raise ValueError(
+            f"{launched} processes were launched but accelerate set up "
+            f"{accelerator.num_processes}; {_LAUNCH_HELP}"
+        )
+    use_cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+    if accelerator.num_processes == 1 and launched == 1 and use_cpu and \
+            "MASTER_ADDR" in os.environ and "LOCAL_RANK" not in os.environ:
+        raise ValueError(
+            "`accelerate launch --cpu --num_processes N` (or a MULTI_CPU accelerate config) "
+            "starts ONE process unless mpirun is configured; " + _LAUNCH_HELP
+        )
 
 
 def _install_signal_handlers(run: Run) -> None:
@@ -238,6 +304,178 @@ def sync_grads(accelerator, model) -> None:
 
 def set_step_seed(run: Run, phase: str, step: int) -> None:
     torch.manual_seed(step_seed(run.cfg.seed, phase, step, run.accelerator.process_index))
+
+
+# --------------------------------------------------------------------------------------------
+# Row blocks and process reductions
+# --------------------------------------------------------------------------------------------
+
+
+class Blocks:
+    """This process's row blocks of a global batch, each with a random stream of its own.
+
+    A global batch of ``B`` rows is cut into ``K`` blocks, block ``j`` holding rows ``j::K``.
+    Process ``r`` of ``n`` (``n`` divides ``K``) holds blocks ``ids = (r, r + n, ...)``, ``M =
+    K / n`` of them, whose rows are exactly its rows ``r::n`` of the global batch: its ``m``-th
+    block is ``local[m::M]`` (:meth:`split`), and :meth:`merge` interleaves per-block results
+    back into local row order. The same holds for any contiguous run of local rows starting at a
+    multiple of ``M`` (a micro-batch of gradient accumulation when ``B`` is divisible by ``K``
+    times the number of micro-batches).
+
+    :meth:`map` calls a function once per block with the global RNG (CPU and GPU) seeded by
+    ``(seed, call number, block id)``: the Gumbel noise, dropout masks or rollouts drawn for
+    block ``j`` are then the same whichever process holds it, so the global set of samples does
+    not depend on ``n``. With ``seed=None`` the RNG is left alone (unit tests, one block).
+    """
+
+    def __init__(self, ids: Sequence[int] = (0,), seed: int | None = None):
+        self.ids = tuple(ids)
+        self.seed = seed
+        self.calls = 0  # map() calls so far: part of every block's seed
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def split(self, x: Tensor) -> list[Tensor]:
+        """The rows of each block: ``x[m::M]`` for ``m < M``."""
+        M = len(self.ids)
+        if x.shape[0] % M:
+            raise ValueError(f"{x.shape[0]} rows cannot be cut into {M} equal row blocks")
+        return [x] if M == 1 else [x[m::M] for m in range(M)]
+
+    def merge(self, parts: list):
+        """Inverse of :meth:`split` for tensors (batch first), ``None`` and (named) tuples."""
+        first = parts[0]
+        if len(parts) == 1 or first is None:
+            return first
+        if isinstance(first, Tensor):
+            if first.dim() == 0:
+                raise ValueError("scalars cannot be merged by rows; use map(..., merge=False)")
+            return torch.stack(parts, 1).flatten(0, 1)
+        if isinstance(first, tuple):
+            fields = [self.merge([p[i] for p in parts]) for i in range(len(first))]
+            return type(first)(*fields) if hasattr(first, "_fields") else type(first)(fields)
+        raise TypeError(f"cannot merge per-block results of type {type(first).__name__}")
+
+    def map(self, fn: Callable, *xs: Tensor, rows: int | None = None, merge: bool = True):
+        """``fn(*block_rows)`` for every block (``fn(rows // M)`` when ``rows`` is given instead
+        of inputs: a sampler drawing that many local rows), each with its seeded stream; the
+        results merged into local row order, or their list with ``merge=False``."""
+        call = self.calls
+        self.calls += 1
+        M = len(self.ids)
+        if rows is not None and rows % M:
+            raise ValueError(f"{rows} rows cannot be cut into {M} equal row blocks")
+        parts = list(zip(*[self.split(x) for x in xs], strict=True)) if xs else [()] * M
+        out = []
+        for j, args in zip(self.ids, parts, strict=True):
+            if self.seed is not None:
+                torch.manual_seed(step_seed(self.seed, "block", call, j))
+            out.append(fn(*args) if rows is None else fn(*args, rows // M))
+        return self.merge(out) if merge else out
+
+    def wrap(self, module):
+        """``module`` called block by block through :meth:`map`; other attributes pass through
+        (``parameters``, ``train``, ``l2_loss``...). Returns ``module`` itself for one unseeded
+        block."""
+        if len(self.ids) == 1 and self.seed is None:
+            return module
+        return _Blockwise(module, self)
+
+
+class _Blockwise:
+    def __init__(self, module, blocks: Blocks):
+        self.module, self.blocks = module, blocks
+
+    def __call__(self, x: Tensor):
+        return self.blocks.map(self.module, x)
+
+    def __getattr__(self, name: str):
+        return getattr(self.module, name)
+
+
+def num_blocks(run: Run, rng_blocks: int | None, batch_size: int, micro_batches: int = 1) -> int:
+    """``K``: ``rng_blocks``, or one block per process when it is ``None``; checked against the
+    number of processes and the global batch."""
+    n = run.accelerator.num_processes
+    K = n if rng_blocks is None else rng_blocks
+    if K < 1 or K % n:
+        raise ValueError(
+            f"`rng_blocks` ({K}) must be a multiple of the number of processes ({n})"
+        )
+    if batch_size % (K * micro_batches):
+        what = f"{K} row blocks" + (f" x {micro_batches} micro-batches" if micro_batches > 1
+                                     else "")
+        raise ValueError(
+            f"`batch_size` {batch_size} must be divisible by {what} (`rng_blocks` defaults to "
+            f"the number of processes)"
+        )
+    return K
+
+
+def row_blocks(run: Run, rng_blocks: int | None, phase: str, step: int, batch_size: int,
+               micro_batches: int = 1) -> Blocks:
+    """This process's :class:`Blocks` of the global batch of ``step`` of ``phase``."""
+    K = num_blocks(run, rng_blocks, batch_size, micro_batches)
+    acc = run.accelerator
+    return Blocks(range(acc.process_index, K, acc.num_processes),
+                  seed=step_seed(run.cfg.seed, phase, step))
+
+
+def mean_over_processes(run: Run, values: dict) -> dict:
+    """Means over processes of per-process scalars. Each process's value being a mean over its
+    equal share of the global batch, this is the mean over the global batch."""
+    acc = run.accelerator
+    if acc.num_processes == 1:
+        return {k: float(v) for k, v in values.items()}
+    t = torch.tensor([float(v) for v in values.values()], dtype=torch.float64, device=acc.device)
+    return dict(zip(values, acc.reduce(t, "mean").tolist(), strict=True))
+
+
+def sum_over_processes(run: Run, values: list[float]) -> list[float]:
+    """Sums over processes (float64)."""
+    acc = run.accelerator
+    if acc.num_processes == 1:
+        return [float(v) for v in values]
+    t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=acc.device)
+    return acc.reduce(t, "sum").tolist()
+
+
+def gather_rows(run: Run):
+    """A function concatenating a batch-first tensor of the same shape on every process (in
+    process order), or ``None`` with one process."""
+    acc = run.accelerator
+    return acc.gather if acc.num_processes > 1 else None
+
+
+def stop_requested(run: Run) -> bool:
+    """Whether any process was interrupted (SIGINT/SIGTERM); every process then stops at the
+    same step, so that none waits forever in a collective of the next one."""
+    acc = run.accelerator
+    if acc.num_processes > 1:
+        flag = torch.tensor([float(run.interrupted)], device=acc.device)
+        run.interrupted = bool(acc.reduce(flag, "sum").item() > 0)
+    return run.interrupted
+
+
+def eval_chunks(run: Run, total: int, size: int) -> list[tuple[int, int]]:
+    """This process's chunks ``(index, rows)`` of ``total`` evaluation rows drawn in chunks of
+    ``size``: chunk ``c`` belongs to process ``c % n``."""
+    acc = run.accelerator
+    chunks = [(c, min(size, total - start)) for c, start in enumerate(range(0, total, size))]
+    return chunks[acc.process_index::acc.num_processes]
+
+
+def gather_chunks(run: Run, chunks: dict[int, Tensor]) -> Tensor | None:
+    """Every process's chunks ``{index: rows}`` concatenated in index order on every process
+    (on the CPU); ``None`` when there are none."""
+    items = [(c, t.cpu()) for c, t in chunks.items()]
+    if run.accelerator.num_processes > 1:
+        from accelerate.utils import gather_object
+
+        items = gather_object(items)
+    items.sort(key=lambda item: item[0])
+    return torch.cat([t for _, t in items]) if items else None
 
 
 # --------------------------------------------------------------------------------------------
@@ -386,30 +624,31 @@ def check_finite(run: Run, step: int, phase: str, losses: dict) -> None:
 
 @torch.no_grad()
 def evaluate_generator(run: Run, G, step: int, phase: str, tau: float = 1.0) -> dict:
-    """NLL_test, NLL_oracle (oracle data), BLEU-n (text) and a few decoded samples."""
-    from textgan import metrics
+    """NLL_test, NLL_oracle (oracle data), BLEU-n (text) and a few decoded samples.
+
+    Split over processes, every process returning the same metrics (those of one process, up to
+    float summation order): process ``r`` of ``n`` scores the test rows ``r::n``
+    (:func:`test_nll`) and draws the sample chunks ``c % n == r`` of ``eval.batch_size``
+    samples, chunk ``c`` from a generator seeded by ``(seed, phase, step, c)``
+    (:func:`eval_chunks`); the sums are reduced over processes (:func:`sample_metrics`) and
+    the samples gathered for ``samples/<phase>_step<step>.txt``. Every process must call it.
+    """
     from textgan.sampling import sample_sequence
 
     cfg, corpus = run.cfg.eval, run.corpus
     G = run.accelerator.unwrap_model(G)
     was_training = G.training
     G.eval()
-    out: dict = {}
-    out["nll_test"] = metrics.nll_test(G, corpus.test.to(run.device), pad=corpus.pad,
-                                       batch_size=cfg.batch_size)
-    rng = torch.Generator(device=run.device).manual_seed(run.cfg.seed + 17 * step)
-    chunks = []
-    for start in range(0, cfg.num_samples, cfg.batch_size):
-        B = min(cfg.batch_size, cfg.num_samples - start)
-        chunks.append(sample_sequence(G, B, corpus.seq_len, method="multinomial", rng=rng,
-                                      eos=corpus.eos, pad=corpus.pad).tokens)
-    samples = torch.cat(chunks).cpu()
-    if corpus.oracle is not None:
-        out["nll_oracle"] = metrics.nll_oracle(corpus.oracle, samples.to(run.device))
-    else:
-        refs = corpus.decode(corpus.test if cfg.num_refs is None else corpus.test[:cfg.num_refs])
-        scores = metrics.bleu_scores(corpus.decode(samples), refs, ns=tuple(cfg.bleu))
-        out.update({f"bleu{n}": v for n, v in scores.items()})
+    out: dict = {"nll_test": test_nll(run, G, cfg.batch_size)}
+    chunks = {}
+    for c, rows in eval_chunks(run, cfg.num_samples, cfg.batch_size):
+        rng = torch.Generator(device=run.device).manual_seed(
+            step_seed(run.cfg.seed, f"eval/{phase}", step, c))
+        chunks[c] = sample_sequence(G, rows, corpus.seq_len, method="multinomial", rng=rng,
+                                    eos=corpus.eos, pad=corpus.pad).tokens
+    out.update(sample_metrics(run, torch.cat(list(chunks.values())) if chunks else None,
+                              cfg.num_samples))
+    samples = gather_chunks(run, chunks)
     if run.is_main:
         sample_dir = run.out_dir / "samples"
         sample_dir.mkdir(exist_ok=True)
@@ -420,6 +659,45 @@ def evaluate_generator(run: Run, G, step: int, phase: str, tau: float = 1.0) -> 
             log.info("sample: %s", line)
     G.train(was_training)
     return out
+
+
+@torch.no_grad()
+def test_nll(run: Run, G, batch_size: int) -> float:
+    """NLL_test of ``G`` on the corpus' test split, process ``r`` scoring rows ``r::n``."""
+    from textgan import metrics
+
+    acc, corpus = run.accelerator, run.corpus
+    rows = corpus.test[acc.process_index::acc.num_processes]
+    total, count = (metrics.nll_sums(G, rows.to(run.device), pad=corpus.pad,
+                                     batch_size=batch_size) if rows.shape[0] else (0.0, 0))
+    total, count = sum_over_processes(run, [total, count])
+    if count == 0:
+        raise ValueError("every target token of the test split is padding; nothing to score")
+    return total / count
+
+
+@torch.no_grad()
+def sample_metrics(run: Run, samples: Tensor | None, total: int) -> dict:
+    """``nll_oracle`` (oracle corpus) or ``bleu{n}`` (text, ``eval.bleu`` orders against the
+    test split or its first ``eval.num_refs`` sentences) of the ``total`` evaluation samples of
+    all processes, given this process's ``samples`` (``None`` when it has none): per-sample
+    scores are summed here and the sums reduced over processes."""
+    from textgan import metrics
+
+    corpus, cfg = run.corpus, run.cfg.eval
+    if corpus.oracle is not None:
+        s = 0.0
+        if samples is not None:
+            s = metrics.nll_oracle(corpus.oracle, samples.to(run.device)) * samples.shape[0]
+        return {"nll_oracle": sum_over_processes(run, [s])[0] / total}
+    ns = tuple(dict.fromkeys(cfg.bleu))
+    sums = [0.0] * len(ns)
+    if samples is not None:
+        refs = corpus.decode(corpus.test if cfg.num_refs is None else corpus.test[:cfg.num_refs])
+        per = metrics.bleu_sentence_scores(corpus.decode(samples.cpu()), refs, ns)
+        sums = [math.fsum(per[n]) for n in ns]
+    sums = sum_over_processes(run, sums)
+    return {f"bleu{n}": s / total for n, s in zip(ns, sums, strict=True)}
 
 
 def progress(run: Run, total: int, initial: int, desc: str):

@@ -19,10 +19,10 @@ teacher-forced log-probabilities of the sampled tokens with these per-token rewa
 over the counted tokens (SeqGAN sums; Adam makes the scale immaterial).
 
 Batched rollouts. G_roll runs over the sampled sequences once (``B`` rows, ``T`` steps); after
-consuming the prefix ``y_1..y_P`` its state and next-token logits are repeated ``N`` times
-(``repeat_state``, rows ``b * N + n``) and the ``T - P`` remaining tokens of all ``B * N``
-completions are drawn together by Gumbel-max (:func:`textgan.sampling.gumbel_max`). Prefix
-states are never recomputed, so the work is ``B * N * T (T - 1) / 2`` row-steps in
+consuming ``y_1..y_{P-1}`` its state is repeated ``N`` times (``repeat_state``, rows
+``b * N + n``) and :func:`textgan.sampling.sample_sequence` (``prefix=``, ``state=``,
+``tokens_only=True``: Gumbel-max draws, no one-hots) feeds ``y_P`` and draws the ``T - P``
+remaining tokens of all ``B * N`` completions together. Prefix states are never recomputed, so the work is ``B * N * T (T - 1) / 2`` row-steps in
 ``T (T - 1) / 2`` batched steps (no loop over rollouts), half of what re-running each prefix or
 a single masked time loop over all ``B * N * (T - 1)`` rows would cost. All ``B * N * (T - 1)``
 completions plus the ``B`` full samples are then scored by D in eval mode (no dropout, as the
@@ -181,30 +181,19 @@ def rollout_rewards(G_roll, D, tokens: Tensor, num_rollouts: int, *, chunk: int 
         raise ValueError(f"`num_rollouts` must be >= 1, got {num_rollouts}")
     B, T = tokens.shape
     N = num_rollouts
-    pad_id = eos if pad is None else pad
     tokens = tokens.long()
     completions = []  # (B * N, T) for prefix lengths 1 .. T-1
     state = G_roll.init_state(B)
-    x = tokens.new_full((B,), G_roll.start_token)
-    _, state = G_roll.step(x, state)
+    _, state = G_roll.step(tokens.new_full((B,), G_roll.start_token), state)
     for P in range(1, T):
-        # logits of position P given y_<P, state after consuming start, y_0 .. y_{P-1}
-        logits, state = G_roll.step(tokens[:, P - 1], state)
-        prefix = tokens[:, :P].repeat_interleave(N, 0)
-        roll_logits = logits.float().repeat_interleave(N, 0)
-        roll_state = repeat_state(G_roll, state, N)
-        alive = ~(prefix == eos).any(1) if eos is not None else None
-        out = [prefix]
-        for s in range(P, T):
-            tok = S.gumbel_max(roll_logits, rng)
-            if alive is not None:
-                tok = torch.where(alive, tok, torch.full_like(tok, pad_id))
-                alive = alive & (tok != eos)
-            out.append(tok[:, None])
-            if s < T - 1:
-                roll_logits, roll_state = G_roll.step(tok, roll_state)
-                roll_logits = roll_logits.float()
-        completions.append(torch.cat(out, 1))
+        # ``state`` has consumed [start] + y_<P-1; sample_sequence feeds y_{P-1} next, then
+        # draws the T - P remaining tokens of all B * N completions at once.
+        roll = S.sample_sequence(G_roll, B * N, T, prefix=tokens[:, :P].repeat_interleave(N, 0),
+                                 state=repeat_state(G_roll, state, N), rng=rng, eos=eos,
+                                 pad=pad, tokens_only=True)
+        completions.append(roll.tokens)
+        if P < T - 1:
+            _, state = G_roll.step(tokens[:, P - 1], state)
     seqs = torch.cat([*completions, tokens], 0)  # ((T-1) * B * N + B, T)
     scores = score_sequences(D, seqs, chunk)
     rewards = tokens.new_empty((B, T), dtype=torch.float32)
