@@ -324,7 +324,8 @@ def test_bench_quick():
     from textgan.bench.seqgan import run
 
     rows = run(quick=True)
-    assert [r["implementation"] for r in rows] == ["batched", "per-rollout loop"]
+    assert [r["implementation"] for r in rows] == ["batched", "batched, bf16 autocast",
+                                                   "per-rollout loop"]
     assert all(r.keys() == rows[0].keys() for r in rows)
     assert rows[0]["same_in_mc_error"]
 

@@ -12,7 +12,10 @@ Two reward implementations, run on the same sampled batch (same seed, same weigh
       each rollout ``i`` and prefix length ``t``, re-run the prefix step by step, sample the
       continuation with ``torch.multinomial``, one D call per ``(i, t)``.
 
-Checks: the two reward estimates agree within Monte-Carlo error (paired z-score of the mean
+A third row runs the batched version under ``torch.autocast("cpu", torch.bfloat16)`` (what
+``mixed_precision: bf16`` does: D's and G's matmuls in bfloat16, the sampling in float32).
+
+Checks: the batched and loop reward estimates (float32) agree within Monte-Carlo error (paired z-score of the mean
 difference over the ``B * (T - 1)`` rollout rewards; ``|z| < 4``) and the last position (D of the
 full sample, no rollout) is identical. Peak memory is the growth of the resident set during the
 call, sampled from ``/proc/self/statm`` every 2 ms (``ru_maxrss`` growth elsewhere).
@@ -131,7 +134,9 @@ def run(quick: bool = False) -> list[dict]:
     B, T, N = size["B"], size["T"], size["N"]
     cfg = SeqGANConfig(batch_size=B, num_rollouts=N)
     results = {}
-    for name, fn in (("batched", rollout_rewards), ("per-rollout loop", reference_rewards)):
+    impls = (("batched", rollout_rewards, False), ("batched, bf16 autocast", rollout_rewards, True),
+             ("per-rollout loop", reference_rewards, False))
+    for name, fn, bf16 in impls:
         G = copy.deepcopy(G0)
         G_roll = make_rollout_policy(G0)
         opt = torch.optim.Adam(G.parameters(), lr=cfg.g_lr)
@@ -149,9 +154,10 @@ def run(quick: bool = False) -> list[dict]:
             Gw = copy.deepcopy(G0)
             g_step(Gw, G_roll, D, torch.optim.Adam(Gw.parameters()), 4, T, cfg)
         torch.manual_seed(123)  # same sampled batch for both implementations
-        metrics, seconds, peak = _measure(
-            lambda G=G, G_roll=G_roll, timed=timed, opt=opt, reward_fn=reward_fn:
-            g_step(G, G_roll, timed, opt, B, T, cfg, reward_fn=reward_fn))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            metrics, seconds, peak = _measure(
+                lambda G=G, G_roll=G_roll, timed=timed, opt=opt, reward_fn=reward_fn:
+                g_step(G, G_roll, timed, opt, B, T, cfg, reward_fn=reward_fn))
         results[name] = dict(record, g_step_s=seconds, peak=peak, metrics=metrics,
                              d_s=timed.seconds)
     a, b = results["batched"], results["per-rollout loop"]
