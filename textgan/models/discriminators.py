@@ -85,15 +85,11 @@ class _ConvMaxPool(torch.autograd.Function):
     """
 
     @staticmethod
-    @torch.autocast("cpu", enabled=False)
-    @torch.autocast("cuda", enabled=False)
     def forward(ctx, emb: Tensor, weight: Tensor, f: int) -> Tensor:
         B, T, R, _ = emb.shape
         n = weight.shape[0]
-        # Scores in the parameters' precision even under autocast: the matmul has a tiny inner
-        # dimension (memory-bound), and max over bf16 scores is slower than over float32.
         wt = weight.reshape(n, -1).t()
-        win = _windows(emb.to(weight.dtype), f)
+        win = _windows(emb, f)
         chunk = max(1, _CHUNK_ELEMENTS // max(1, (T - f + 1) * R * n))
         parts = [torch.matmul(win[s:s + chunk], wt).max(dim=1) for s in range(0, B, chunk)]
         values = torch.cat([p.values for p in parts]) if len(parts) > 1 else parts[0].values
@@ -147,7 +143,15 @@ def _conv_max_pool(emb: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         ``(B, R, n)`` equal to ``F.conv2d(emb.view(B, 1, T, R*d), weight, bias, stride=(1, d))
         .amax(dim=2).transpose(1, 2)`` (see :class:`_ConvMaxPool`).
     """
-    pooled = _ConvMaxPool.apply(emb, weight, weight.shape[2])
+    device = emb.device.type
+    dtype = weight.dtype
+    # Under autocast, wide windows (SeqGAN: f * 64 inputs) compute in the autocast dtype like any
+    # matmul; narrow ones (RelGAN: f * 1) stay in float32: that product is memory-bound and the
+    # max over bfloat16 scores is slower than over float32.
+    if torch.is_autocast_enabled(device) and weight[0].numel() >= 32:
+        dtype = torch.get_autocast_dtype(device)
+    with torch.autocast(device, enabled=False):
+        pooled = _ConvMaxPool.apply(emb.to(dtype), weight.to(dtype), weight.shape[2])
     return pooled if bias is None else pooled + bias
 
 
