@@ -229,8 +229,9 @@ def test_conv_max_pool_matches_eager_and_passes_gradcheck(B_, T, R, d, n, f):
     eager = torch.matmul(_windows(emb, f), w.reshape(n, -1).t()).max(dim=1).values
     assert torch.equal(fused, eager)
     g = torch.randn_like(fused)
-    assert all(torch.allclose(a, b, atol=1e-12) for a, b in zip(
-        torch.autograd.grad(fused, (emb, w), g), torch.autograd.grad(eager, (emb, w), g)))
+    got = torch.autograd.grad(fused, (emb, w), g)
+    want = torch.autograd.grad(eager, (emb, w), g)
+    assert all(torch.allclose(a, b, atol=1e-12) for a, b in zip(got, want, strict=True))
     fn = lambda a, b: _ConvMaxPool.apply(a, b, f)  # noqa: E731
     assert torch.autograd.gradcheck(fn, (emb, w))
     assert torch.autograd.gradgradcheck(fn, (emb, w))

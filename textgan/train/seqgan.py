@@ -19,14 +19,14 @@ teacher-forced log-probabilities of the sampled tokens with these per-token rewa
 over the counted tokens (SeqGAN sums; Adam makes the scale immaterial).
 
 Batched rollouts. G_roll runs over the sampled sequences once (``B`` rows, ``T`` steps); after
-consuming ``y_1..y_{P-1}`` its state is repeated ``N`` times (``repeat_state``, rows
-``b * N + n``) and :func:`textgan.sampling.sample_sequence` (``prefix=``, ``state=``,
-``tokens_only=True``: Gumbel-max draws, no one-hots) feeds ``y_P`` and draws the ``T - P``
-remaining tokens of all ``B * N`` completions together. Prefix states are never recomputed, so the work is ``B * N * T (T - 1) / 2`` row-steps in
-``T (T - 1) / 2`` batched steps (no loop over rollouts), half of what re-running each prefix or
-a single masked time loop over all ``B * N * (T - 1)`` rows would cost. All ``B * N * (T - 1)``
-completions plus the ``B`` full samples are then scored by D in eval mode (no dropout, as the
-official code's ``dropout_keep_prob: 1.0``), ``rollout_chunk`` sequences per call.
+consuming ``y_1..y_{P-1}`` its state is repeated ``N`` times (``repeat_state``, rows ``b * N + n``)
+and :func:`textgan.sampling.sample_sequence` (``prefix=``, ``state=``, ``tokens_only=True``:
+Gumbel-max draws, no one-hots) feeds ``y_P`` and draws the ``T - P`` remaining tokens of all ``B *
+N`` completions together. Prefix states are never recomputed, so the work is ``B * N * T (T - 1) /
+2`` row-steps in ``T (T - 1) / 2`` batched steps (no loop over rollouts), half of what re-running
+each prefix or a single masked time loop over all ``B * N * (T - 1)`` rows would cost. All ``B * N *
+(T - 1)`` completions plus the ``B`` full samples are then scored by D in eval mode (no dropout, as
+the official code's ``dropout_keep_prob: 1.0``), ``rollout_chunk`` sequences per call.
 
 Rollout policy. A delayed copy of G, as the official code: after every G update
 ``theta_roll <- rate * theta_roll + (1 - rate) * theta_G`` (``rollout_update_rate``, 0.8; the
@@ -49,8 +49,17 @@ gradient clipping 5.0 for G, 16 rollouts, rate 0.8 (D's L2 weight 0.2 and dropou
 ``discriminator:`` keys of ``seqgan_cnn``). The official
 code trains D on 5 x 3 epochs of 10,000 fresh negatives per adversarial step; here
 ``d_steps`` batches of fresh negatives, each used for ``d_epochs`` updates (default 3 x 1).
-Models are called unwrapped and gradients averaged across processes with
-:func:`textgan.train.common.sync_grads`.
+
+Several processes. Models are called unwrapped and gradients averaged across processes with
+:func:`textgan.train.common.sync_grads`. Each process draws its share of the generated batch and
+computes its rollouts, and takes its rows ``rank::n`` of the real batches; samples, rollouts and
+D's dropout masks are drawn row block by row block (:class:`textgan.train.common.Blocks`,
+``train.rng_blocks``) from streams seeded by ``(seed, step, block)``, so with the same
+``rng_blocks`` one process and ``n`` processes draw the same global samples and rollouts. The
+baselines use all processes' rewards (``ema``: the global mean counted reward; ``loo``: the other
+``B - 1`` sequences of the global batch) and the surrogate is normalised by the global count of
+counted tokens, so the averaged gradient is the one-process gradient; logged values are means
+over processes.
 """
 
 from __future__ import annotations
@@ -88,6 +97,7 @@ class SeqGANConfig:
     d_steps: int = 3  # D rounds per adversarial step, each on fresh negatives (official: 5)
     d_epochs: int = 1  # D updates per round on the same real/fake batch (official: 3 epochs)
     d_pretrain_steps: int = 500  # D pre-training rounds (official: 50 x 3 epochs of 10k)
+    rng_blocks: int | None = None  # row blocks with their own random streams (None: processes)
     grad_clip: float = 5.0  # max gradient norm of G's updates (0 disables; D is not clipped)
     log_every: int = 10
     checkpoint_every: int = 50  # adversarial and D-pretraining steps between checkpoints
@@ -117,6 +127,8 @@ class SeqGANConfig:
             raise ValueError(f"`train.grad_clip` must be >= 0, got {self.grad_clip}")
         if self.baseline == "loo" and self.batch_size < 2:
             raise ValueError("`train.baseline: loo` needs `train.batch_size` >= 2")
+        if self.rng_blocks is not None and self.rng_blocks < 1:
+            raise ValueError(f"`train.rng_blocks` must be >= 1, got {self.rng_blocks}")
 
 
 def _choices(key, value, choices) -> str:
@@ -246,15 +258,22 @@ def sample_tokens(G, batch_size: int, seq_len: int, *, eos=None, pad=None,
 
 def policy_loss(G, tokens: Tensor, rewards: Tensor, mask: Tensor | None = None, *,
                 baseline: str = "none", ema: S.EMABaseline | None = None,
-                reduce: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+                reduce: Callable[[Tensor], Tensor] | None = None,
+                gather: Callable[[Tensor], Tensor] | None = None) -> Tensor:
     """The REINFORCE surrogate of SeqGAN on sampled ``tokens`` ``(B, T)``.
 
     ``log p(y_t | y_<t)`` comes from one teacher-forced pass of G; ``rewards`` are per-token
     ``(B, T)`` (or per-sequence ``(B,)``); the baseline is ``none``, ``ema`` (``ema`` called on
     the counted rewards: the value from previous batches, then updated) or ``loo``
-    (``b_i(t) = mean_{j != i} Q_j(t)`` over the batch). ``reduce`` (multi-process runs) averages
-    the batch's mean reward over processes before the EMA update, so that every process keeps
-    the same EMA (the one the main process checkpoints).
+    (``b_i(t) = mean_{j != i} Q_j(t)`` over the batch).
+
+    Several processes (``tokens`` this process's rows): ``gather`` concatenates a batch-first
+    tensor over processes (:func:`textgan.train.common.gather_rows`); the EMA is then updated
+    with the mean counted reward of all processes (every process keeps the EMA the main process
+    checkpoints), the leave-one-out mean runs over the global batch and the loss is scaled by
+    :func:`textgan.train.common.count_share`, so that the gradients averaged over processes are
+    those of one process on the global batch. ``reduce`` (older alternative for ``ema``
+    only) averages the processes' mean rewards.
     """
     logits = G(C.teacher_forcing(tokens, G.start_token))
     log_prob = S.categorical_log_prob(logits, tokens)
@@ -264,16 +283,28 @@ def policy_loss(G, tokens: Tensor, rewards: Tensor, mask: Tensor | None = None, 
         if ema is None:
             raise ValueError("`baseline='ema'` needs an EMABaseline `ema`")
         counted = rewards if mask is None or rewards.shape != mask.shape else rewards[mask.bool()]
-        if reduce is not None:
+        if gather is not None:
+            sums = gather(torch.stack([counted.double().sum(),
+                                       counted.new_tensor(counted.numel(), dtype=torch.float64)]))
+            total, count = sums.view(-1, 2).sum(0)
+            counted = (total / count.clamp_min(1.0)).float().reshape(1)
+        elif reduce is not None:
             counted = reduce(counted.float().mean()).reshape(1)
         b = ema(counted).reshape(-1)[0]
     elif baseline == "loo":
-        if rewards.shape[0] < 2:
+        everyone = rewards if gather is None else gather(rewards)
+        if everyone.shape[0] < 2:
             raise ValueError("a leave-one-out baseline needs a batch of >= 2 sequences")
-        b = S.leave_one_out(rewards, rewards.shape[0])
+        if gather is None:
+            b = S.leave_one_out(rewards, rewards.shape[0])
+        else:
+            b = (everyone.sum(0) - rewards).detach() / (everyone.shape[0] - 1)
     else:
         raise ValueError(_choices("baseline", baseline, BASELINES))
-    return S.score_function_loss(log_prob, rewards, baseline=b, mask=mask)
+    loss = S.score_function_loss(log_prob, rewards, baseline=b, mask=mask)
+    if gather is not None and mask is not None:
+        loss = loss * C.count_share(mask, gather)
+    return loss
 
 
 RewardFn = Callable[..., Tensor]
@@ -282,22 +313,34 @@ RewardFn = Callable[..., Tensor]
 def g_step(G, G_roll, D, opt_g, batch_size: int, seq_len: int, cfg: SeqGANConfig, *,
            ema: S.EMABaseline | None = None, eos=None, pad=None, sync=None, backward=None,
            rng: torch.Generator | None = None, reward_fn: RewardFn | None = None,
-           reduce: Callable[[Tensor], Tensor] | None = None) -> dict:
+           reduce: Callable[[Tensor], Tensor] | None = None,
+           gather: Callable[[Tensor], Tensor] | None = None,
+           blocks: C.Blocks | None = None) -> dict:
     """One policy-gradient update of G on ``batch_size`` fresh samples (D and G_roll frozen).
 
     ``reward_fn(G_roll, D, tokens, num_rollouts, chunk=, eos=, pad=, rng=)`` defaults to
     :func:`rollout_rewards`. The rollout policy is not updated here (see
-    :func:`update_rollout`). ``reduce``: see :func:`policy_loss`.
+    :func:`update_rollout`). ``reduce``, ``gather``: see :func:`policy_loss`. ``blocks``
+    (several processes, :class:`textgan.train.common.Blocks`): the samples, their rollouts and
+    G's teacher-forced pass run block by block, each block on its seeded stream (``rng`` is then
+    not used).
     """
+    reward = reward_fn or rollout_rewards
     D.requires_grad_(False)
     try:
-        sample = sample_tokens(G, batch_size, seq_len, eos=eos, pad=pad, rng=rng)
-        rewards = (reward_fn or rollout_rewards)(G_roll, D, sample.tokens, cfg.num_rollouts,
-                                                 chunk=cfg.rollout_chunk, eos=eos, pad=pad,
-                                                 rng=rng)
+        if blocks is None:
+            sample = sample_tokens(G, batch_size, seq_len, eos=eos, pad=pad, rng=rng)
+            rewards = reward(G_roll, D, sample.tokens, cfg.num_rollouts,
+                             chunk=cfg.rollout_chunk, eos=eos, pad=pad, rng=rng)
+        else:
+            sample = blocks.map(lambda rows: sample_tokens(G, rows, seq_len, eos=eos, pad=pad),
+                                rows=batch_size)
+            rewards = blocks.map(lambda t: reward(G_roll, D, t, cfg.num_rollouts,
+                                                  chunk=cfg.rollout_chunk, eos=eos, pad=pad),
+                                 sample.tokens)
         mask = sample.mask if eos is not None else None
-        loss = policy_loss(G, sample.tokens, rewards, mask, baseline=cfg.baseline, ema=ema,
-                           reduce=reduce)
+        loss = policy_loss(G if blocks is None else blocks.wrap(G), sample.tokens, rewards, mask,
+                           baseline=cfg.baseline, ema=ema, reduce=reduce, gather=gather)
         opt_g.zero_grad(set_to_none=True)
         (backward or Tensor.backward)(loss)
         if sync is not None:
@@ -326,13 +369,20 @@ def d_loss(D, real: Tensor, fake: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 
 
 def d_step(G, D, opt_d, real: Tensor, cfg: SeqGANConfig, *, eos=None, pad=None, sync=None,
-           backward=None, rng: torch.Generator | None = None) -> dict:
+           backward=None, rng: torch.Generator | None = None,
+           blocks: C.Blocks | None = None) -> dict:
     """``cfg.d_epochs`` D updates on ``real`` ids ``(B, T)`` against one batch of fresh
-    multinomial samples of G (G frozen: sampled without gradient)."""
-    fake = sample_tokens(G, real.shape[0], real.shape[1], eos=eos, pad=pad, rng=rng).tokens
+    multinomial samples of G (G frozen: sampled without gradient). ``blocks``: the fakes and
+    D's dropout masks are drawn block by block (see :func:`g_step`)."""
+    if blocks is None:
+        fake = sample_tokens(G, real.shape[0], real.shape[1], eos=eos, pad=pad, rng=rng).tokens
+    else:
+        fake = blocks.map(lambda rows: sample_tokens(G, rows, real.shape[1], eos=eos,
+                                                     pad=pad).tokens, rows=real.shape[0])
+    D_ = D if blocks is None else blocks.wrap(D)
     stats = {"d_loss": 0.0, "d_real": 0.0, "d_fake": 0.0, "d_acc": 0.0}
     for _ in range(cfg.d_epochs):
-        loss, d_real, d_fake = d_loss(D, real, fake)
+        loss, d_real, d_fake = d_loss(D_, real, fake)
         opt_d.zero_grad(set_to_none=True)
         (backward or Tensor.backward)(loss)
         if sync is not None:
@@ -395,10 +445,11 @@ def train(cfg) -> SeqGANResult:
     return SeqGANResult(step, dict(run.last_metrics), str(ckpts[-1]) if ckpts else None)
 
 
-def _kwargs(run: C.Run) -> dict:
+def _kwargs(run: C.Run, pairs) -> dict:
+    """Step keywords; ``pairs``: the ``(model, optimizer)`` updated (see ``C.grad_sync``)."""
     acc = run.accelerator
-    sync = (lambda m: C.sync_grads(acc, m)) if acc.num_processes > 1 else None
-    return dict(eos=run.corpus.eos, pad=run.corpus.pad, sync=sync, backward=acc.backward)
+    return dict(eos=run.corpus.eos, pad=run.corpus.pad, sync=C.grad_sync(acc, pairs),
+                backward=acc.backward)
 
 
 def _mean(window: list[dict]) -> dict:
@@ -409,16 +460,18 @@ def d_pretrain(run: C.Run, G, D, opt_d, start: int, ckpt_offset: int) -> int:
     """Phase ``d_pretrain``: D on real batches against fresh samples of the pre-trained G."""
     tc, corpus, acc = run.cfg.train, run.corpus, run.accelerator
     g, d = acc.unwrap_model(G), acc.unwrap_model(D)
-    kw = _kwargs(run)
+    kw = _kwargs(run, [(d, opt_d)])
+    C.num_blocks(run, tc.rng_blocks, tc.batch_size)  # a bad setting fails before step 1
     bar = C.progress(run, tc.d_pretrain_steps, start, "d_pretrain")
     step, window = start, []
     while step < tc.d_pretrain_steps:
         C.set_step_seed(run, "d_pretrain", step)
+        blocks = C.row_blocks(run, tc.rng_blocks, "d_pretrain", step, tc.batch_size)
         g.eval()
         d.train()
         real = C.local_batch(run, corpus.train, step, tc.batch_size)
         with acc.autocast():
-            dm = d_step(g, d, opt_d, real, tc, **kw)
+            dm = C.mean_over_processes(run, d_step(g, d, opt_d, real, tc, blocks=blocks, **kw))
         C.check_finite(run, step, "d_pretrain", dm)
         window.append(dm)
         step += 1
@@ -427,9 +480,10 @@ def d_pretrain(run: C.Run, G, D, opt_d, start: int, ckpt_offset: int) -> int:
         if step % tc.log_every == 0 or step == tc.d_pretrain_steps:
             C.log_metrics(run, step, "d_pretrain", _mean(window))
             window = []
-        if step % tc.checkpoint_every == 0 or step == tc.d_pretrain_steps or run.interrupted:
+        stop = C.stop_requested(run)
+        if step % tc.checkpoint_every == 0 or step == tc.d_pretrain_steps or stop:
             C.save_checkpoint(run, step, "d_pretrain", None, tc.keep_last, offset=ckpt_offset)
-        if run.interrupted:
+        if stop:
             bar.close()
             raise C.Interrupted(run.out_dir, "d_pretrain", step)
     bar.close()
@@ -442,34 +496,37 @@ def adversarial(run: C.Run, G, G_roll, D, opt_g, opt_d, ema, start: int,
     cfg, tc, corpus, acc = run.cfg, run.cfg.train, run.corpus, run.accelerator
     g, d = acc.unwrap_model(G), acc.unwrap_model(D)
     G_roll.eval()
-    kw = _kwargs(run)
+    kw = _kwargs(run, [(g, opt_g), (d, opt_d)])
     if tc.batch_size % acc.num_processes:
         raise ValueError(
             f"`train.batch_size` {tc.batch_size} must be divisible by the number of processes "
             f"{acc.num_processes}"
         )
     local_bs = tc.batch_size // acc.num_processes
-    reduce = (lambda t: acc.reduce(t, "mean")) if acc.num_processes > 1 else None
+    gather = C.gather_rows(run)
+    C.num_blocks(run, tc.rng_blocks, tc.batch_size)  # a bad setting fails before step 1
     bar = C.progress(run, tc.adv_steps, start, "adversarial")
     step, window = start, []
     while step < tc.adv_steps:
         C.set_step_seed(run, "adversarial", step)
+        blocks = C.row_blocks(run, tc.rng_blocks, "adversarial", step, tc.batch_size)
         g.train()
         d.train()
         with acc.autocast():
             for _ in range(tc.g_steps):
                 gm = g_step(g, G_roll, d, opt_g, local_bs, corpus.seq_len, tc, ema=ema,
-                            reduce=reduce, **kw)
+                            gather=gather, blocks=blocks, **kw)
                 update_rollout(G_roll, g, tc.rollout_update_rate)
             for k in range(tc.d_steps):
                 real = C.local_batch(run, corpus.train, step * tc.d_steps + k, tc.batch_size)
-                dm = d_step(g, d, opt_d, real, tc, **kw)
-        C.check_finite(run, step, "adversarial", {**gm, **dm})
-        window.append({**gm, **dm})
+                dm = d_step(g, d, opt_d, real, tc, blocks=blocks, **kw)
+        stats = C.mean_over_processes(run, {**gm, **dm})
+        C.check_finite(run, step, "adversarial", stats)
+        window.append(stats)
         step += 1
         bar.update(1)
-        bar.set_postfix(g=f"{gm['g_loss']:.3f}", d=f"{dm['d_loss']:.3f}",
-                        r=f"{gm['reward']:.3f}")
+        bar.set_postfix(g=f"{stats['g_loss']:.3f}", d=f"{stats['d_loss']:.3f}",
+                        r=f"{stats['reward']:.3f}")
         if step % tc.log_every == 0 or step == tc.adv_steps:
             C.log_metrics(run, step, "adversarial", _mean(window))
             window = []
@@ -478,10 +535,11 @@ def adversarial(run: C.Run, G, G_roll, D, opt_g, opt_d, ema, start: int,
             C.log_metrics(run, step, "adversarial", metrics)
             bar.write(f"[adversarial {step}] "
                       + " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
-        if step % tc.checkpoint_every == 0 or step == tc.adv_steps or run.interrupted:
+        stop = C.stop_requested(run)
+        if step % tc.checkpoint_every == 0 or step == tc.adv_steps or stop:
             extra = {"baseline": ema.state_dict(), "rollout": _tensor_state(G_roll)}
             C.save_checkpoint(run, step, "adversarial", extra, tc.keep_last, offset=ckpt_offset)
-        if run.interrupted:
+        if stop:
             bar.close()
             raise C.Interrupted(run.out_dir, "adversarial", step)
     bar.close()
