@@ -18,7 +18,8 @@ A third row runs the batched version under ``torch.autocast("cpu", torch.bfloat1
 Checks: the batched and loop reward estimates (float32) agree within Monte-Carlo error (paired
 z-score of the mean difference over the ``B * (T - 1)`` rollout rewards; ``|z| < 4``) and the
 last position (D of the full sample, no rollout) is identical. Peak memory is the growth of the
-resident set during the call, sampled from ``/proc/self/statm`` every 2 ms (``ru_maxrss`` growth elsewhere).
+resident set during the call, sampled from ``/proc/self/statm`` every 2 ms (``ru_maxrss`` growth
+elsewhere).
 """
 
 from __future__ import annotations
