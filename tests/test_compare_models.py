@@ -53,10 +53,15 @@ def _one_thread():
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
     out = {}
-    for name, (recipe, *overrides) in RECIPES.items():
-        out[name] = root / name
-        assert main(["train", str(REPO / "recipes" / recipe), f"output_dir={out[name]}",
-                     *overrides]) == 0
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: extra threads only contend
+    try:
+        for name, (recipe, *overrides) in RECIPES.items():
+            out[name] = root / name
+            assert main(["train", str(REPO / "recipes" / recipe), f"output_dir={out[name]}",
+                         *overrides]) == 0
+    finally:
+        torch.set_num_threads(previous)
     return out
 
 
@@ -124,16 +129,16 @@ CASES = [("relgan", "output"), ("seqgan", "all"), ("vae", "all")]
 @pytest.mark.parametrize("algorithm,params", CASES)
 def test_score_function_is_unbiased_and_relaxations_are_not(runs, algorithm, params):
     """``bias_z = ||mean - exact|| / sqrt(variance / D)``: its square averages 1 for an
-    unbiased estimator; seeded values here are 0.6-1.4 for sf_rloo and >= 7 for plain ST
-    (biased), so 2 and 4 separate them with room on both sides."""
+    unbiased estimator. Over draw seeds 0-5 (300 draws, n = 4) sf_rloo gave 0.43-1.47 and
+    plain straight-through (biased) 13.6-143, so 2.5 and 5 separate them with room."""
     problem = _problem(runs[algorithm], params)
     ref = CM.reference(problem)
     assert ref["kind"] == "exact"
     rloo = _stats(problem, "sf_rloo", 4, 300, ref=ref)
-    assert rloo["bias_z"] < 2.0, rloo
+    assert rloo["bias_z"] < 2.5, rloo
     assert rloo["cosine_ref"] > 0.5, rloo
     st = _stats(problem, "st", 4, 300, ref=ref)
-    assert st["bias_z"] > 4.0, st
+    assert st["bias_z"] > 5.0, st
 
 
 @pytest.mark.parametrize("algorithm,params", CASES)
@@ -143,31 +148,33 @@ def test_sampled_reference_agrees_with_the_exact_gradient(runs, algorithm, param
     sampled = CM.reference(problem, ref_samples=3000, kind="sampled")
     assert sampled["kind"].startswith("sf_rloo estimate (30 x 100") and sampled["se"] > 0
     err = float((sampled["grad"] - exact["grad"]).norm())
-    assert err < 2.0 * sampled["se"], (err, sampled["se"])  # unbiased: err ~ se
+    # unbiased: E err^2 = se^2; over reference seeds 0-5, err / se was 0.47-2.04
+    assert err < 3.0 * sampled["se"], (err, sampled["se"])
 
 
 @pytest.mark.parametrize("algorithm,params", CASES)
 def test_variance_falls_as_one_over_samples(runs, algorithm, params):
     """The n samples of an ``sf`` estimate are independent: Var(n) = Var(1) / n exactly in
-    expectation. With 300 draws the ratio is within ~25% here; 1.6x either way is the margin."""
+    expectation. Over draw seeds 0-5 (300 draws) the ratio was 7.07-8.61; the margin is 1.4x
+    either way (5.7-11.2)."""
     problem = _problem(runs[algorithm], params)
     ref = CM.reference(problem)
     v1 = _stats(problem, "sf", 1, 300, ref=ref)["variance"]
     v8 = _stats(problem, "sf", 8, 300, ref=ref)["variance"]
-    assert 8 / 1.6 < v1 / v8 < 8 * 1.6, v1 / v8
+    assert 8 / 1.4 < v1 / v8 < 8 * 1.4, v1 / v8
 
 
 @pytest.mark.parametrize("algorithm,params", CASES)
 def test_gumbel_softmax_has_lower_variance_than_score_function(runs, algorithm, params):
-    """Same state, same n: seeded ratios sf / gs are ~10^3-10^5 without a baseline and 4-40 x
-    against sf_rloo; the asserted margins are 100 and 2."""
+    """Same state, same n = 4, tau = 1: over draw seeds 0-5 the ratio sf / gs was 5.6e3-9.4e5
+    (no baseline) and sf_rloo / gs 19-49; the asserted margins are 100 and 5."""
     problem = _problem(runs[algorithm], params)
     ref = CM.reference(problem)
     gs = _stats(problem, "gs", 4, 200, ref=ref)["variance"]
     sf = _stats(problem, "sf", 4, 200, ref=ref)["variance"]
     rloo = _stats(problem, "sf_rloo", 4, 200, ref=ref)["variance"]
     assert gs * 100 < sf, (gs, sf)
-    assert gs * 2 < rloo, (gs, rloo)
+    assert gs * 5 < rloo, (gs, rloo)
 
 
 @pytest.mark.parametrize("params", ["output", "all"])
@@ -213,6 +220,26 @@ def test_vae_per_draw_gradients_sum_to_the_encoders_gradient(runs, params):
     target = [leaf] if params == "logits" else problem.params
     direct = CM._flat(torch.autograd.grad(total, target), target).double()
     assert torch.allclose(G.sum(0), direct, atol=1e-5, rtol=1e-4)
+
+
+def test_policy_pads_after_eos_as_the_trainers_sampler(runs):
+    """With an end token the policy gives what ``sample_sequence(eos=, pad=)`` gives the
+    trainers (same noise): pad after the first eos, log-probability 0 there."""
+    from textgan.sampling import sample_sequence
+
+    problem = _problem(runs["relgan"])
+    G, eos, pad = problem.G, 3, 0
+    ref = sample_sequence(G, 64, 5, rng=torch.Generator().manual_seed(1), eos=eos, pad=pad)
+    policy = CM._Policy(G, eos, pad)
+    got = sample_sequence(policy, 64, 5, rng=torch.Generator().manual_seed(1))
+    assert torch.equal(got.tokens, ref.tokens)
+    assert ((ref.tokens == eos).any(1) & (ref.tokens[:, -1] == pad)).any()  # the case occurs
+    assert torch.allclose(got.log_prob, ref.log_prob, atol=1e-5)
+    relaxed = sample_sequence(policy, 64, 5, method="gumbel_softmax", tau=0.5,
+                              rng=torch.Generator().manual_seed(1))
+    after = ~ref.mask  # positions after the first eos: an exact pad one-hot, no gradient
+    assert torch.equal(relaxed.one_hot[after], torch.nn.functional.one_hot(
+        torch.full((int(after.sum()),), pad), 4).float())
 
 
 @pytest.mark.parametrize("loss", ["standard", "rsgan", "hinge", "lsgan", "wgan_gp"])
@@ -263,6 +290,10 @@ def test_errors_name_the_argument_and_the_fix(runs, tmp_path, capsys):
     with pytest.raises(ValueError, match="--params logits does not apply to a GAN"):
         compare.run(_args(["--problem", "checkpoint", str(runs["seqgan"]), "--params",
                            "logits", "--no-progress", "--out", str(tmp_path / "o")]))
+    for flag, value in (("--batch", "0"), ("--ref-samples", "50")):
+        with pytest.raises(ValueError, match=f"{flag} must be >= "):
+            compare.run(_args(["--problem", "checkpoint", str(runs["vae"]), flag, value,
+                               "--out", str(tmp_path / "o")]))
     with pytest.raises(ValueError, match="--params is only used with --problem checkpoint"):
         compare.run(_args(["--problem", "toy", "--params", "all", "--out", str(tmp_path / "o")]))
     with pytest.raises(ValueError, match="give one: --problem checkpoint PATH"):

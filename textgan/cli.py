@@ -2,7 +2,8 @@
 
 Each subcommand lives in its own module exposing ``add_arguments(parser)`` and
 ``run(args) -> int``; this file only dispatches. User errors (``ValueError``,
-``FileNotFoundError``, ``KeyError`` from config) print one line and exit 2, without a traceback.
+``FileNotFoundError``, ``KeyError`` from config) print one line and exit 2, without a traceback;
+Ctrl-C outside a training loop prints one line and exits 130.
 """
 
 from __future__ import annotations
@@ -60,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(args._module)
     try:
         code = module.run(args)
+    except KeyboardInterrupt:  # Ctrl-C outside a training loop (loops save, then exit 130)
+        print(f"textgan {args.command}: interrupted", file=sys.stderr)
+        return 130
     except (UserError, ValueError, FileNotFoundError, NotADirectoryError, UnicodeDecodeError,
             KeyError, TypeError) as e:
         if isinstance(e, (KeyError, TypeError)) and not getattr(e, "user_error", False):

@@ -587,10 +587,12 @@ def _plot(rows: list[dict], problems: list[str], out: Path, *, x: str, y: str, p
             ax.set_ylabel(y)
     if handles:
         names = [n for n in colors if n in handles]
-        fig.legend([handles[n] for n in names], names, loc="upper right", fontsize=8)
-    fig.subplots_adjust(left=0.06, right=1 - 1.3 / fig.get_figwidth(), bottom=0.08, top=0.9,
+        fig.legend([handles[n] for n in names], names, loc="upper right", fontsize=8,
+                   bbox_to_anchor=(1.0, 0.9))  # below the title line
+    left = 0.8 / fig.get_figwidth()  # 0.8 inch for the y tick labels (10^-5 ...)
+    fig.subplots_adjust(left=left, right=1 - 1.3 / fig.get_figwidth(), bottom=0.08, top=0.9,
                         wspace=0.35, hspace=0.55)
-    fig.suptitle(title)
+    fig.suptitle(title, x=left, ha="left")
     path = out / file
     fig.savefig(path, dpi=90)
     return path

@@ -56,8 +56,8 @@ Statistics (one row per estimator, ``tau``, ``n``; ``g_bar`` the mean of the ``D
     * ``mean_norm``: ``||g_bar||``.
     * ``snr``: the signal-to-noise ratio of *one* estimate, ``||E g||^2 / tr Cov[g]``, estimated
       as ``(||g_bar||^2 - variance / D) / variance`` (``||g_bar||^2`` overestimates
-      ``||E g||^2`` by ``variance / D`` on average; the corrected value may be slightly
-      negative when the mean is not resolved by ``D`` draws).
+      ``||E g||^2`` by ``variance / D`` on average; values below about ``1 / D`` are not
+      resolved by ``D`` draws and may come out negative).
     * ``cosine_ref``: cosine of ``g_bar`` and the reference gradient ``g_ref``;
       ``bias_ref``: ``||g_bar - g_ref||``; ``bias_z``: ``bias_ref / sqrt(variance / D +
       ref_se^2)``, about 1 for an unbiased estimator (``E||g_bar - g_ref||^2`` is exactly the
@@ -72,7 +72,10 @@ Reference gradient ``g_ref``
     ``sum_x p(x) R(x)`` (float64 copy of G) or of the enumerated ELBO. Otherwise an *estimate*,
     labelled as such: the mean of ``--ref-samples / REF_GROUP`` independent ``sf_rloo`` estimates
     with ``REF_GROUP`` samples each (unbiased), with its standard error ``ref_se =
-    sqrt(tr Cov / groups)`` reported next to its norm.
+    sqrt(tr Cov / groups)`` reported next to its norm. At model scale the score function's
+    single-sample SNR can be ~1e-5, so even 20,000 samples leave a reference that is mostly
+    noise; ``results.md`` flags a reference whose ``ref_se`` exceeds :data:`NOISY_REFERENCE` of
+    its norm (then ``cosine_ref`` and ``bias_z`` say little, variance and SNR still hold).
 
 Draws are seeded per (problem, estimator, tau, n) from ``--seed`` as in :mod:`textgan.compare`;
 ``sf_ema`` is measured with a warm EMA (one discarded chunk). Draws are vectorised: one call of a
@@ -121,6 +124,8 @@ REF_GROUP = 100
 MAX_ELEMENTS = 16_000_000
 #: per-draw gradient entries held per call
 GRAD_ELEMENTS = 16_000_000
+#: a sampled reference whose standard error exceeds this fraction of its norm is flagged
+NOISY_REFERENCE = 0.3
 COLUMNS = ("problem", "estimator", "tau", "samples", "variance", "mean_norm", "snr",
            "cosine_ref", "bias_ref", "bias_z", "ms_per_estimate")
 PARAMS = ("auto", "output", "all", "logits")
@@ -594,11 +599,16 @@ def estimator_problems(args) -> list[ModelProblem]:
 
     path = getattr(args, "checkpoint", None)
     params = getattr(args, "params", None) or "auto"
-    batch = getattr(args, "batch", None) or 32
+    batch = getattr(args, "batch", None)
+    batch = 32 if batch is None else batch
     if params not in PARAMS:
         raise ValueError(f"--params must be one of {list(PARAMS)}, got '{params}'")
     if batch < 1:
         raise ValueError(f"--batch must be >= 1, got {batch}")
+    ref_samples = getattr(args, "ref_samples", None)
+    if ref_samples is not None and ref_samples < 2 * REF_GROUP:
+        raise ValueError(f"--ref-samples must be >= {2 * REF_GROUP} (sf_rloo groups of "
+                         f"{REF_GROUP}), got {ref_samples}")
     ckpt = _resolve(path)
     algorithm = _algorithm(ckpt, path)
     handle = load_for_eval(ckpt)
@@ -616,6 +626,14 @@ def estimator_problems(args) -> list[ModelProblem]:
         info["warning"] = "checkpoint from the MLE pretrain phase: the discriminator is untrained"
     if algorithm == "relgan":
         loss = handle.cfg.train.loss
+        if info["phase"] == "adversarial":  # the temperature the run was training at
+            from textgan.sampling import temperature_schedule
+
+            sc, tc = handle.cfg.sampler, handle.cfg.train
+            tau_of = temperature_schedule(sc.schedule, beta_max=sc.beta_max,
+                                          total_steps=max(tc.adv_steps, 2),
+                                          rate=sc.anneal_rate, tau_min=sc.tau_min)
+            info["train_tau"] = round(tau_of(info["phase_step"]), 4)
         d_real = None
         if loss == "rsgan":
             real = handle.corpus.train[:batch]
@@ -773,7 +791,8 @@ DEFINITIONS = (
     "mean_norm = ||g_bar||; snr = (||g_bar||^2 - variance/D) / variance, an estimate of the "
     "single-estimate signal-to-noise ratio ||E g||^2 / tr Cov[g]; cosine_ref = cos(g_bar, "
     "g_ref); bias_ref = ||g_bar - g_ref||; bias_z = bias_ref / sqrt(variance/D + ref_se^2), "
-    "about 1 for an unbiased estimator; ms_per_estimate = wall time of the vectorised estimator "
+    "about 1 for an unbiased estimator; |snr| below about 1/D is not resolved by D draws; "
+    "ms_per_estimate = wall time of the vectorised estimator "
     "calls (sampling, reward, backward to the logits) / D. Gradients are ascent directions of "
     "the objective. sf, sf_ema, sf_rloo and st do not use tau; sf_ema is measured with a warm "
     "EMA.")
@@ -801,6 +820,11 @@ def write_results(out: Path, rows: list[dict], meta: dict, refs: dict,
                  else f"{ref['kind']}, NOT exact ({ref.get('not_exact')}), standard error "
                       f"{ref['se']:.4g} ({100 * (ref['rel_se'] or 0):.2g}% of its norm)")
         md.append(f"  - reference gradient g_ref: {label}; ||g_ref|| = {ref['norm']:.4g}")
+        if (ref["rel_se"] or 0) > NOISY_REFERENCE:
+            md.append(f"  - **the reference is mostly noise** (standard error > "
+                      f"{NOISY_REFERENCE:.0%} of its norm): cosine_ref is pulled towards 0 and "
+                      f"bias_z towards 1 whatever the estimator; read variance and snr, or "
+                      f"raise --ref-samples (the error falls as 1/sqrt(samples))")
     md += ["", markdown_table(rows), DEFINITIONS, ""]
     notes = sorted({f"{r['estimator']} ({r['problem']}): {r['note']}" for r in rows
                     if r.get("note") and r.get("variance") is None})
@@ -822,7 +846,8 @@ def run_problems(args, problems: list[ModelProblem], estimators: list[str], taus
                  samples: list[int], draws: int) -> int:
     """``textgan compare-estimators --problem checkpoint``: evaluate and write (called by
     :func:`textgan.compare.run` once the common arguments are checked)."""
-    ref_samples = getattr(args, "ref_samples", None) or 20_000
+    ref_samples = getattr(args, "ref_samples", None)
+    ref_samples = 20_000 if ref_samples is None else ref_samples
     if ref_samples < 2 * REF_GROUP:
         raise ValueError(f"--ref-samples must be >= {2 * REF_GROUP} (sf_rloo groups of "
                          f"{REF_GROUP}), got {ref_samples}")
@@ -831,7 +856,7 @@ def run_problems(args, problems: list[ModelProblem], estimators: list[str], taus
                           ref_samples=ref_samples, progress=not args.no_progress)
     opts = [f"--problem checkpoint {args.checkpoint}", f"--estimators {','.join(estimators)}",
             f"--taus {args.taus}", f"--samples {args.samples}", f"--draws {draws}",
-            f"--seed {args.seed}"]
+            f"--seed {args.seed}", f"--gr-k {args.gr_k}"]
     for flag, value in (("--params", getattr(args, "params", None)),
                         ("--batch", getattr(args, "batch", None)),
                         ("--ref-samples", getattr(args, "ref_samples", None))):

@@ -63,6 +63,10 @@ class SamplerConfig:
             raise ValueError(
                 f"`sampler.beta_max` must be >= 1 (inverse temperature), got {self.beta_max}"
             )
+        if not self.tau_min > 0:
+            raise ValueError(f"`sampler.tau_min` must be > 0, got {self.tau_min}")
+        if not self.anneal_rate >= 0:
+            raise ValueError(f"`sampler.anneal_rate` must be >= 0, got {self.anneal_rate}")
 
 
 @dataclass
@@ -159,26 +163,47 @@ def _check_type(value, tp, key: str):
     return value
 
 
+def _did_you_mean_keys(key: str, names, prefix: str = "") -> str:
+    """``; did you mean 'a.b' or 'a.c'?`` for close keys, else ``; valid keys: [...]``."""
+    close = difflib.get_close_matches(key, names, n=3)
+    dotted = [f"{prefix}.{c}" if prefix else c for c in close]
+    return f"; did you mean {' or '.join(repr(c) for c in dotted)}?" if close \
+        else f"; valid keys: {list(names)}"
+
+
+def _qualify(message: str, names, prefix: str) -> str:
+    """Turn the bare field names of a section's own checks (`` `steps` ``) into dotted keys
+    (`` `pretrain.steps` ``): the same config class serves several sections."""
+    for name in names:
+        message = message.replace(f"`{name}`", f"`{prefix}.{name}`")
+    return message
+
+
 def from_dict(cls: type, data: dict | None, prefix: str):
     """Build dataclass ``cls`` from ``data``; unknown keys and wrong types raise ValueError."""
+    if data is not None and not isinstance(data, dict):
+        raise ValueError(
+            f"`{prefix}` must be a section (key: value mapping), got {type(data).__name__} "
+            f"{data!r}; set single keys as {prefix}.KEY=VALUE"
+        )
     data = dict(data or {})
-    if not isinstance(data, dict):
-        raise ValueError(f"`{prefix}` must be a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
     for key, value in data.items():
         if key not in names:
-            close = difflib.get_close_matches(key, names, n=3)
-            hint = f"; did you mean {' or '.join(repr(f'{prefix}.{c}') for c in close)}?" \
-                if close else f"; valid keys: {names}"
-            raise ValueError(f"unknown recipe key '{prefix}.{key}'{hint}")
+            raise ValueError(
+                f"unknown recipe key '{prefix}.{key}'{_did_you_mean_keys(key, names, prefix)}"
+            )
         tp = hints[key]
         if dataclasses.is_dataclass(tp):
             kwargs[key] = from_dict(tp, value, f"{prefix}.{key}")
         else:
             kwargs[key] = _check_type(value, tp, f"{prefix}.{key}")
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ValueError as e:
+        raise ValueError(_qualify(str(e), names, prefix)) from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -237,9 +262,7 @@ def build_config(raw: dict) -> RecipeConfig:
     raw = dict(raw)
     for key in raw:
         if key not in _TOP:
-            close = difflib.get_close_matches(key, _TOP, n=2)
-            hint = f"; did you mean {close}?" if close else f"; valid keys: {_TOP}"
-            raise ValueError(f"unknown recipe key '{key}'{hint}")
+            raise ValueError(f"unknown recipe key '{key}'{_did_you_mean_keys(str(key), _TOP)}")
     if "algorithm" not in raw:
         raise ValueError(f"the recipe has no `algorithm:`; choose one of {list(TRAIN_CONFIGS)}")
     algorithm = raw["algorithm"]
@@ -258,7 +281,59 @@ def build_config(raw: dict) -> RecipeConfig:
         kwargs[key] = from_dict(cls, raw.get(key), key)
     cfg = RecipeConfig(**kwargs)
     _check_models(cfg)
+    _check_accelerate(cfg.accelerate)
+    _check_batch_sizes(cfg)
+    _check_betas(cfg)
     return cfg
+
+
+def _check_betas(cfg: RecipeConfig) -> None:
+    """Adam's ``betas`` (``train.betas`` / ``pretrain.betas``): two numbers in [0, 1)."""
+    for section in ("pretrain", "train"):
+        betas = getattr(getattr(cfg, section), "betas", None)
+        if betas is None:
+            continue
+        ok = len(betas) == 2 and all(
+            isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in betas)
+        if not ok:
+            raise ValueError(
+                f"`{section}.betas` must be two numbers in [0, 1) (Adam's), e.g. [0.9, 0.999], "
+                f"got {betas}"
+            )
+
+
+def _check_accelerate(kwargs: dict) -> None:
+    """``accelerate:`` keys must be ``Accelerator`` arguments (checked before anything runs)."""
+    if not kwargs:
+        return
+    import inspect
+
+    from accelerate import Accelerator
+
+    valid = [p for p in inspect.signature(Accelerator.__init__).parameters if p != "self"]
+    for key in kwargs:
+        if key not in valid:
+            raise ValueError(
+                f"unknown recipe key 'accelerate.{key}' (not an accelerate.Accelerator "
+                f"argument){_did_you_mean_keys(str(key), valid, 'accelerate')}"
+            )
+
+
+def _check_batch_sizes(cfg: RecipeConfig) -> None:
+    """On the oracle the number of training sequences is known before any data is drawn."""
+    if cfg.data.name != "oracle":
+        return
+    for section in ("pretrain", "train"):
+        part = getattr(cfg, section)
+        bs = getattr(part, "batch_size", None)
+        steps = getattr(part, "steps", None)
+        if steps == 0 or (section == "pretrain" and cfg.algorithm == "vae"):
+            continue
+        if bs is not None and bs > cfg.data.num_train:
+            raise ValueError(
+                f"`{section}.batch_size` ({bs}) exceeds `data.num_train` "
+                f"({cfg.data.num_train}); lower the batch size or raise data.num_train"
+            )
 
 
 def _check_models(cfg: RecipeConfig) -> None:
@@ -272,9 +347,30 @@ def _check_models(cfg: RecipeConfig) -> None:
         spec.pop("init_from", None)
         if name is None:
             raise ValueError(f"`{section}.name` is required; choose one of {sorted(registry)}")
-        cls = resolve(registry, name, section)
+        try:
+            cls = resolve(registry, name, section)
+        except ValueError as e:
+            raise ValueError(f"`{section}.name`: {e}") from None
         # vocab_size / start_token come from the corpus, never from the recipe
         check_kwargs(cls, spec, section)
+        _check_model_types(cls, spec, section)
+
+
+def _check_model_types(cls: type, spec: dict, section: str) -> None:
+    """Values of the model's annotated ``int`` / ``float`` / ``bool`` / ``str`` arguments must
+    have that type (``generator.hidden_dim=abc`` fails here, before any output is written)."""
+    try:
+        hints = typing.get_type_hints(cls.__init__)
+    except Exception:  # unresolvable annotations: leave the check to the model
+        return
+    for key, value in spec.items():
+        tp = hints.get(key)
+        if tp is None:
+            continue
+        args = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union,
+                                                               types.UnionType) else (tp,)
+        if all(a in (int, float, bool, str, type(None)) for a in args):
+            _check_type(value, tp, f"{section}.{key}")
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> RecipeConfig:

@@ -183,6 +183,16 @@ class DataConfig:
             raise ValueError(f"`data.max_len` must be >= 1, got {self.max_len}")
         if not 0.0 < self.test_ratio < 1.0:
             raise ValueError(f"`data.test_ratio` must be in (0, 1), got {self.test_ratio}")
+        for key, low in (("num_train", 1), ("num_test", 1), ("vocab_size", 2), ("hidden_dim", 1),
+                         ("seq_len", 1), ("min_freq", 1)):
+            value = getattr(self, key)
+            if value < low:
+                raise ValueError(f"`data.{key}` must be >= {low}, got {value}")
+        if self.max_vocab is not None and self.max_vocab <= len(SPECIALS):
+            raise ValueError(
+                f"`data.max_vocab` must be > {len(SPECIALS)} (it counts the special tokens "
+                f"{list(SPECIALS)}), got {self.max_vocab}"
+            )
 
 
 @dataclass
@@ -276,7 +286,10 @@ def read_sentences(cfg: DataConfig) -> dict[str, list[str]]:
         )
     for s, lines in splits.items():
         if not lines:
-            raise ValueError(f"the {s} split of '{path}' is empty (no non-blank lines)")
+            raise ValueError(
+                f"`data.path` '{path}': the {s} split is empty (no non-blank lines); "
+                f"point data.path at a corpus with sentences in it"
+            )
     return splits
 
 
@@ -287,8 +300,8 @@ def _check_utf8(path: Path) -> None:
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
         raise ValueError(
-            f"'{path}' is not valid UTF-8: byte {raw[e.start]:#04x} at line {line}; "
-            f"re-encode the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+            f"`data.path`: '{path}' is not valid UTF-8: byte {raw[e.start]:#04x} at line "
+            f"{line}; re-encode the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
         ) from None
 
 
@@ -300,9 +313,16 @@ def _datasets():
     return datasets
 
 
+def _empty_file(path: Path) -> ValueError:
+    return ValueError(
+        f"`data.path`: '{path}' is empty (0 bytes); point data.path at a corpus with one "
+        f"sentence per line"
+    )
+
+
 def _read_text_file(path: Path) -> list[str]:
     if path.stat().st_size == 0:
-        raise ValueError(f"'{path}' is empty")
+        raise _empty_file(path)
     _check_utf8(path)
     ds = _datasets().load_dataset("text", data_files=str(path), split="train")
     return [t for t in ds["text"] if t.strip()]
@@ -310,7 +330,7 @@ def _read_text_file(path: Path) -> list[str]:
 
 def _read_table(path: Path, cfg: DataConfig) -> list[str]:
     if path.stat().st_size == 0:
-        raise ValueError(f"'{path}' is empty")
+        raise _empty_file(path)
     _check_utf8(path)
     builder = "csv" if path.suffix == ".csv" else "json"
     ds = _datasets().load_dataset(builder, data_files=str(path), split="train")
@@ -339,7 +359,10 @@ def _read_saved_dataset(path: Path, cfg: DataConfig) -> dict[str, list[str]]:
 
 def _split(lines: list[str], cfg: DataConfig) -> dict[str, list[str]]:
     if len(lines) < 2:
-        raise ValueError(f"'{cfg.path}' has {len(lines)} sentence(s); need at least 2 to split")
+        raise ValueError(
+            f"`data.path` '{cfg.path}' has {len(lines)} non-blank sentence(s); a single-file "
+            f"corpus needs at least 2 (split into train and test by data.test_ratio)"
+        )
     order = list(range(len(lines)))
     random.Random(cfg.seed).shuffle(order)
     n_test = max(1, round(len(lines) * cfg.test_ratio))

@@ -28,7 +28,7 @@ import os
 import shutil
 import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -94,6 +94,9 @@ def make_run(cfg: RecipeConfig) -> Run:
     logging.getLogger("accelerate").setLevel(logging.WARNING)
     accelerator = Accelerator(**accelerator_kwargs(cfg))
     check_launch(accelerator)
+    if accelerator.is_main_process:
+        log.info("%d process(es) on %s, mixed precision: %s", accelerator.num_processes,
+                 accelerator.device.type, accelerator.mixed_precision)
     out_dir = Path(cfg.output_dir)
     resume_from = find_checkpoint(out_dir, cfg.resume) if cfg.resume else None
     vocab = None
@@ -177,8 +180,16 @@ def check_launch(accelerator) -> None:
 
 
 def _install_signal_handlers(run: Run) -> None:
+    """SIGINT/SIGTERM set ``run.interrupted``: the loop finishes its step, saves a checkpoint
+    and raises :class:`Interrupted`. A second signal aborts at once (``KeyboardInterrupt``);
+    checkpoints are written atomically, so the newest complete one is still intact."""
+
     def handler(signum, frame):  # checked by the loops, which save and exit cleanly
+        if run.interrupted:
+            raise KeyboardInterrupt
         run.interrupted = True
+        log.warning("%s: stopping after this step and saving a checkpoint (send it again to "
+                    "abort without saving)", signal.Signals(signum).name)
 
     try:
         signal.signal(signal.SIGTERM, handler)
@@ -302,6 +313,32 @@ def sync_grads(accelerator, model) -> None:
         offset += g.numel()
 
 
+def grad_sync(accelerator, pairs) -> Callable | None:
+    """The ``sync`` hook of the GAN and VAE steps, called between backward and clipping.
+
+    ``pairs``: ``(model, optimizer)`` of every model the steps update (unwrapped models, prepared
+    optimizers). The hook averages the model's gradients over processes (:func:`sync_grads`)
+    and, under fp16 loss scaling (``mixed_precision: fp16`` on GPUs), unscales them through the
+    accelerator's ``GradScaler`` so that clipping sees the true gradients; the optimizer's
+    ``step`` then skips the update when they overflowed. The average comes first, so an overflow
+    on any process reaches every process and all skip the same steps. ``None`` when there is
+    nothing to do (one process, no loss scaling).
+    """
+    scaler = getattr(accelerator, "scaler", None)
+    scaling = scaler is not None and scaler.is_enabled()
+    if accelerator.num_processes == 1 and not scaling:
+        return None
+    optimizers = {id(model): opt for model, opt in pairs}
+
+    def hook(model) -> None:
+        sync_grads(accelerator, model)
+        if scaling:
+            opt = optimizers[id(model)]
+            scaler.unscale_(getattr(opt, "optimizer", opt))  # AcceleratedOptimizer wraps it
+
+    return hook
+
+
 def set_step_seed(run: Run, phase: str, step: int) -> None:
     torch.manual_seed(step_seed(run.cfg.seed, phase, step, run.accelerator.process_index))
 
@@ -322,15 +359,18 @@ class Blocks:
     multiple of ``M`` (a micro-batch of gradient accumulation when ``B`` is divisible by ``K``
     times the number of micro-batches).
 
-    :meth:`map` calls a function once per block with the global RNG (CPU and GPU) seeded by
-    ``(seed, call number, block id)``: the Gumbel noise, dropout masks or rollouts drawn for
-    block ``j`` are then the same whichever process holds it, so the global set of samples does
-    not depend on ``n``. With ``seed=None`` the RNG is left alone (unit tests, one block).
+    :meth:`map` calls a function once per block with the global RNG (the CPU's and that of
+    ``device_type``) seeded by ``(seed, call number, block id)``: the Gumbel noise, dropout
+    masks or rollouts drawn for block ``j`` are then the same whichever process holds it, so the
+    global set of samples does not depend on ``n``. With ``seed=None`` the RNG is left alone
+    (unit tests, one block).
     """
 
-    def __init__(self, ids: Sequence[int] = (0,), seed: int | None = None):
+    def __init__(self, ids: Sequence[int] = (0,), seed: int | None = None,
+                 device_type: str = "cpu"):
         self.ids = tuple(ids)
         self.seed = seed
+        self.device_type = device_type
         self.calls = 0  # map() calls so far: part of every block's seed
 
     def __len__(self) -> int:
@@ -357,21 +397,29 @@ class Blocks:
             return type(first)(*fields) if hasattr(first, "_fields") else type(first)(fields)
         raise TypeError(f"cannot merge per-block results of type {type(first).__name__}")
 
-    def map(self, fn: Callable, *xs: Tensor, rows: int | None = None, merge: bool = True):
-        """``fn(*block_rows)`` for every block (``fn(rows // M)`` when ``rows`` is given instead
-        of inputs: a sampler drawing that many local rows), each with its seeded stream; the
-        results merged into local row order, or their list with ``merge=False``."""
+    def each(self, *xs: Tensor, rows: int | None = None) -> Iterator[tuple]:
+        """The blocks' rows of ``xs`` (tuples of ``split`` parts), the global RNG seeded for
+        each block just before it is yielded; with ``rows`` (and no ``xs``) the number of rows
+        of each block, ``(rows // M,)``. The loop-body form of :meth:`map`."""
         call = self.calls
         self.calls += 1
         M = len(self.ids)
-        if rows is not None and rows % M:
-            raise ValueError(f"{rows} rows cannot be cut into {M} equal row blocks")
-        parts = list(zip(*[self.split(x) for x in xs], strict=True)) if xs else [()] * M
-        out = []
+        if rows is not None:
+            if rows % M:
+                raise ValueError(f"{rows} rows cannot be cut into {M} equal row blocks")
+            parts = [(rows // M,)] * M
+        else:
+            parts = list(zip(*[self.split(x) for x in xs], strict=True))
         for j, args in zip(self.ids, parts, strict=True):
             if self.seed is not None:
-                torch.manual_seed(step_seed(self.seed, "block", call, j))
-            out.append(fn(*args) if rows is None else fn(*args, rows // M))
+                _seed_global_rng(step_seed(self.seed, "block", call, j), self.device_type)
+            yield args
+
+    def map(self, fn: Callable, *xs: Tensor, rows: int | None = None, merge: bool = True):
+        """``fn(*block_rows)`` for every block (``fn(rows // M)`` with ``rows`` instead of
+        inputs: a sampler drawing that many local rows), each with its seeded stream; the
+        results merged into local row order, or their list with ``merge=False``."""
+        out = [fn(*args) for args in self.each(*xs, rows=rows)]
         return self.merge(out) if merge else out
 
     def wrap(self, module):
@@ -381,6 +429,16 @@ class Blocks:
         if len(self.ids) == 1 and self.seed is None:
             return module
         return _Blockwise(module, self)
+
+
+def _seed_global_rng(seed: int, device_type: str) -> None:
+    """``torch.manual_seed`` restricted to the generators in use (it costs ~0.2 ms, mostly in
+    looking at every device type; this ~2 us on CPU)."""
+    torch.default_generator.manual_seed(seed)
+    if device_type == "cuda":
+        torch.cuda.manual_seed(seed)  # this process's current device
+    elif device_type != "cpu":
+        torch.manual_seed(seed)
 
 
 class _Blockwise:
@@ -419,7 +477,7 @@ def row_blocks(run: Run, rng_blocks: int | None, phase: str, step: int, batch_si
     K = num_blocks(run, rng_blocks, batch_size, micro_batches)
     acc = run.accelerator
     return Blocks(range(acc.process_index, K, acc.num_processes),
-                  seed=step_seed(run.cfg.seed, phase, step))
+                  seed=step_seed(run.cfg.seed, phase, step), device_type=acc.device.type)
 
 
 def mean_over_processes(run: Run, values: dict) -> dict:
@@ -446,6 +504,16 @@ def gather_rows(run: Run):
     process order), or ``None`` with one process."""
     acc = run.accelerator
     return acc.gather if acc.num_processes > 1 else None
+
+
+def count_share(mask: Tensor, gather) -> Tensor:
+    """``n * local count / global count`` of the true entries of ``mask``, ``gather`` being
+    :func:`gather_rows`: the factor that turns a mean over this process's counted tokens into
+    its share of the mean over all processes' counted tokens (gradients are averaged over the
+    ``n`` processes); exactly 1 when every process counts as many."""
+    local = mask.sum().reshape(1).double()
+    counts = gather(local)
+    return (local * counts.shape[0] / counts.sum().clamp_min(1.0)).float()[0]
 
 
 def stop_requested(run: Run) -> bool:
@@ -493,12 +561,22 @@ def checkpoint_dirs(out_dir: Path) -> list[Path]:
 
 
 def is_complete(ckpt: Path) -> bool:
-    """A checkpoint is usable when its state file loads and its model files exist."""
+    """A checkpoint is usable when its state file loads, its model files exist and every file
+    :func:`save_checkpoint` recorded still has its recorded size (a truncated or missing model,
+    optimizer or RNG file makes it incomplete)."""
     try:
-        state = torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=True)
+        state = torch.load(Path(ckpt) / STATE_FILE, map_location="cpu", weights_only=True)
     except Exception:
         return False
-    return all((ckpt / f).is_file() for f in state.get("files", ["model.safetensors"]))
+    if not isinstance(state, dict) or "step" not in state or "phase" not in state:
+        return False
+    if not all((ckpt / f).is_file() for f in state.get("files", ["model.safetensors"])):
+        return False
+    for name, size in state.get("sizes", {}).items():
+        path = Path(ckpt) / name
+        if not path.is_file() or path.stat().st_size != size:
+            return False
+    return True
 
 
 def find_checkpoint(out_dir: Path, resume: str) -> Path:
@@ -508,9 +586,20 @@ def find_checkpoint(out_dir: Path, resume: str) -> Path:
         if path.is_dir() and not (path / STATE_FILE).exists() and checkpoint_dirs(path):
             return find_checkpoint(path, "auto")
         if not path.is_dir():
-            raise FileNotFoundError(f"`resume` checkpoint '{path}' does not exist")
+            raise FileNotFoundError(
+                f"`resume` checkpoint '{path}' does not exist; give a checkpoint directory "
+                f"(<output_dir>/checkpoints/step_N), a run directory, or resume=auto"
+            )
+        if not (path / STATE_FILE).exists():
+            raise FileNotFoundError(
+                f"`resume` '{path}' is neither a checkpoint (no {STATE_FILE}) nor a run with "
+                f"checkpoints/step_N; give a checkpoint directory, or resume=auto"
+            )
         if not is_complete(path):
-            raise ValueError(f"`resume` checkpoint '{path}' is incomplete or corrupted")
+            raise ValueError(
+                f"`resume` checkpoint '{path}' is incomplete or corrupted; give an earlier "
+                f"checkpoint, or resume=auto (which skips incomplete ones)"
+            )
         return path
     for ckpt in reversed(checkpoint_dirs(out_dir)):
         if is_complete(ckpt):
@@ -529,7 +618,8 @@ def check_compatible(ckpt: Path, cfg: RecipeConfig, corpus: Corpus) -> None:
     if meta.get("vocab_size") not in (None, corpus.vocab_size):
         raise ValueError(
             f"vocabulary mismatch on resume: checkpoint '{ckpt}' has vocab_size "
-            f"{meta['vocab_size']}, the corpus has {corpus.vocab_size}"
+            f"{meta['vocab_size']}, the corpus has {corpus.vocab_size}; resume with the "
+            f"checkpoint's `data` settings (its config.yaml), or drop `resume`"
         )
     saved = meta.get("generator")
     if saved is not None:
@@ -537,7 +627,7 @@ def check_compatible(ckpt: Path, cfg: RecipeConfig, corpus: Corpus) -> None:
         if json.dumps(saved, sort_keys=True) != json.dumps(now, sort_keys=True):
             raise ValueError(
                 f"generator mismatch on resume: checkpoint '{ckpt}' has {saved}, the recipe "
-                f"has {now}"
+                f"has {now}; resume with the checkpoint's `generator` settings, or drop `resume`"
             )
 
 
@@ -560,13 +650,16 @@ def save_checkpoint(run: Run, step: int, phase: str, extra: dict | None = None,
     acc.wait_for_everyone()
     if acc.is_main_process:
         files = sorted(p.name for p in tmp.iterdir() if p.name.endswith(".safetensors"))
+        save_config(run.cfg, tmp / "config.yaml")
+        write_meta(tmp, run.cfg, run.corpus)
+        # every file but the state itself, with its size: checked by is_complete
+        sizes = {p.relative_to(tmp).as_posix(): p.stat().st_size
+                 for p in sorted(tmp.rglob("*")) if p.is_file()}
         meta = {"vocab_size": run.corpus.vocab_size,
                 "generator": {k: v for k, v in run.cfg.generator.items() if k != "init_from"}}
         state = {"step": step, "phase": phase, "extra": extra or {}, "files": files,
-                 "meta": meta, "metrics": run.last_metrics}
+                 "sizes": sizes, "meta": meta, "metrics": run.last_metrics}
         torch.save(state, tmp / STATE_FILE)
-        save_config(run.cfg, tmp / "config.yaml")
-        write_meta(tmp, run.cfg, run.corpus)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -577,9 +670,18 @@ def save_checkpoint(run: Run, step: int, phase: str, extra: dict | None = None,
 
 
 def load_checkpoint(run: Run, ckpt: Path) -> dict:
-    """Restore models and optimizers (weights_only loading) and return the trainer state."""
-    run.accelerator.load_state(str(ckpt))
-    state = torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=True)
+    """Restore models and optimizers (weights_only loading) and return the trainer state; the
+    last logged metrics come back too (they are quoted by :func:`check_finite`)."""
+    try:
+        run.accelerator.load_state(str(ckpt))
+        state = torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=True)
+    except Exception as e:  # is_complete passed, but a file's content is damaged
+        first = (str(e).splitlines() or [""])[0]
+        raise TrainingError(
+            f"checkpoint '{ckpt}' could not be loaded ({type(e).__name__}: {first}); move it "
+            f"away to resume from the previous one, or drop `resume`"
+        ) from None
+    run.last_metrics = dict(state.get("metrics") or {})
     log.info("resumed from %s (phase %s, step %d)", ckpt, state["phase"], state["step"])
     return state
 
@@ -613,12 +715,19 @@ def _plain(v):
 
 
 def check_finite(run: Run, step: int, phase: str, losses: dict) -> None:
-    """Stop with a clear error on a NaN/inf loss (never silently continue)."""
+    """Stop with a clear error on a NaN/inf loss (never silently continue).
+
+    ``step`` is the loop's 0-based index of the step that produced ``losses``; the message
+    numbers it from 1, as ``metrics.jsonl`` and the checkpoints do (the step count after it).
+    Nothing is saved: the newest checkpoint holds the last finite state."""
     bad = {k: v for k, v in losses.items() if not math.isfinite(v)}
     if bad:
+        last = {k: v for k, v in run.last_metrics.items() if k != "time"}
+        ckpts = checkpoint_dirs(run.out_dir)
+        where = f"the newest checkpoint is '{ckpts[-1]}'" if ckpts else "no checkpoint was saved"
         raise TrainingError(
-            f"non-finite loss at {phase} step {step}: {bad}; last finite metrics: "
-            f"{run.last_metrics}. Lower the learning rate or enable gradient clipping."
+            f"non-finite loss at {phase} step {step + 1}: {bad}; last finite metrics: {last}; "
+            f"{where}. Lower the learning rate or enable gradient clipping (`grad_clip`)."
         )
 
 

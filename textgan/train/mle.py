@@ -5,7 +5,10 @@ The same loop is the pre-training phase of RelGAN and SeqGAN (:func:`run_mle`).
 Loss: ``sum over counted tokens of -log p(x_t | x_<t)`` divided by the number of counted tokens
 in the *global* batch (targets equal to ``pad`` do not count; ``eos`` does). Dividing by the
 global count, not the shard's, makes gradient accumulation and any number of processes give the
-same update as one process on the whole batch.
+same update as one process on the whole batch. The only randomness, the generator's dropout (if
+any), is drawn row block by row block (:class:`textgan.train.common.Blocks`,
+``rng_blocks``), so that it too is the same for any number of processes dividing
+``rng_blocks``.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ class MLEConfig:
     checkpoint_every: int = 1000  # steps between checkpoints (the final state is always saved)
     keep_last: int = 2  # checkpoints kept on disk
     log_every: int = 50  # steps between training-loss records in metrics.jsonl
+    rng_blocks: int | None = None  # row blocks with their own random streams (None: processes)
 
     def __post_init__(self):
         for name in ("steps", "log_every", "checkpoint_every"):
@@ -49,6 +53,8 @@ class MLEConfig:
             )
         if not self.lr > 0:
             raise ValueError(f"`lr` must be > 0, got {self.lr}")
+        if self.rng_blocks is not None and self.rng_blocks < 1:
+            raise ValueError(f"`rng_blocks` must be >= 1, got {self.rng_blocks}")
 
 
 class MLEResult(NamedTuple):
@@ -72,9 +78,14 @@ def nll_sum(G, batch: Tensor, start_token: int, pad: int | None) -> tuple[Tensor
     return nll, torch.as_tensor(count)
 
 
-def mle_step(run: C.Run, G, opt, step: int, cfg: MLEConfig, data: Tensor) -> float:
-    """One optimizer step on the global batch of ``step``; returns the global mean NLL."""
+def mle_step(run: C.Run, G, opt, step: int, cfg: MLEConfig, data: Tensor,
+             phase: str = "mle") -> float:
+    """One optimizer step on the global batch of ``step``; returns the global mean NLL.
+
+    Each micro-batch is run block by block (one forward/backward per row block, gradients
+    synchronised by DDP on the last one)."""
     acc, corpus = run.accelerator, run.corpus
+    blocks = C.row_blocks(run, cfg.rng_blocks, phase, step, cfg.batch_size, cfg.grad_accum)
     rows = C.global_batch(data, step, cfg.batch_size, run.cfg.seed)
     n_global = rows.numel() if corpus.pad is None else int((rows != corpus.pad).sum())
     local = rows[acc.process_index::acc.num_processes].to(acc.device)
@@ -83,11 +94,12 @@ def mle_step(run: C.Run, G, opt, step: int, cfg: MLEConfig, data: Tensor) -> flo
     # DDP averages gradients over processes: scale by num_processes to get the global sum.
     scale = acc.num_processes / n_global
     for i, mb in enumerate(micro):
-        sync = i == len(micro) - 1
-        with acc.no_sync(G) if not sync else nullcontext(), acc.autocast():
-            nll, _ = nll_sum(G, mb, corpus.start_token, corpus.pad)
-        acc.backward(nll * scale)
-        total += nll.detach()
+        for m, (part,) in enumerate(blocks.each(mb)):
+            sync = i == len(micro) - 1 and m == len(blocks) - 1
+            with acc.no_sync(G) if not sync else nullcontext(), acc.autocast():
+                nll, _ = nll_sum(G, part, corpus.start_token, corpus.pad)
+            acc.backward(nll * scale)
+            total += nll.detach()
     if cfg.grad_clip > 0:
         acc.clip_grad_norm_(G.parameters(), cfg.grad_clip)
     opt.step()
@@ -104,12 +116,13 @@ def run_mle(run: C.Run, G, opt, cfg: MLEConfig, *, phase: str = "mle", start_ste
     """
     data = run.corpus.train
     G.train()
+    C.num_blocks(run, cfg.rng_blocks, cfg.batch_size, cfg.grad_accum)  # fail before step 1
     bar = C.progress(run, cfg.steps, start_step, phase)
     step = start_step
     losses = []
     while step < cfg.steps:
         C.set_step_seed(run, phase, step)
-        loss = mle_step(run, G, opt, step, cfg, data)
+        loss = mle_step(run, G, opt, step, cfg, data, phase)
         C.check_finite(run, step, phase, {"nll_train": loss})
         losses.append(loss)
         step += 1
@@ -122,9 +135,10 @@ def run_mle(run: C.Run, G, opt, cfg: MLEConfig, *, phase: str = "mle", start_ste
             metrics = C.evaluate_generator(run, G, step, phase)
             C.log_metrics(run, step, phase, metrics)
             bar.write(f"[{phase} {step}] " + " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps or run.interrupted:
+        stop = C.stop_requested(run)
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps or stop:
             C.save_checkpoint(run, step, phase, keep_last=cfg.keep_last, offset=ckpt_offset)
-        if run.interrupted:
+        if stop:
             bar.close()
             raise C.Interrupted(run.out_dir, phase, step)
     bar.close()

@@ -15,9 +15,24 @@ discriminator updates (paper: 1 and 5; Adam 1e-4 both). The inverse temperature 
       baseline (:func:`textgan.sampling.score_function_loss`).
 
 As in the official code the generator's next input is the sampled token (``sampler.feed=hard``);
-``sampler.feed=soft`` feeds the relaxed one-hot instead. Models are called unwrapped and
-gradients are averaged across processes by :func:`textgan.train.common.sync_grads`, so frozen
-models never trip DDP.
+``sampler.feed=soft`` feeds the relaxed one-hot instead.
+
+Several processes. Models are called unwrapped and gradients are averaged across processes by
+:func:`textgan.train.common.sync_grads`, so frozen models never trip DDP. Each process takes its
+rows ``rank::n`` of every real batch and draws its share of the fakes, row block by row block
+(:class:`textgan.train.common.Blocks`, ``train.rng_blocks``): the fakes of block ``j`` and D's
+dropout masks on block ``j`` (real and fake rows, gradient-penalty interpolates) come from a
+stream seeded by ``(seed, step, j)``, so with the same ``rng_blocks`` one process and ``n``
+processes draw the same global set of fakes and make the same updates (every loss is a mean over
+the global batch; the relativistic losses pair real row ``i`` with fake row ``i`` in both).
+The score-function baselines use the rewards of all processes (gathered): the EMA is updated
+with the global mean reward and the leave-one-out baseline is the mean of the other ``B - 1``
+rewards of the global batch; the surrogate is normalised by the global number of counted
+tokens. Logged losses are means over processes. One float effect shows: with losses that depend
+on ``D(real) - D(fake)`` only (``rsgan``, ``wgan_gp``) the gradient of D's output biases is 0 up
+to rounding, and Adam, which divides by the gradient's RMS, turns that rounding noise (which
+depends on the summation order) into small drifts of the common shift of ``d_real`` and
+``d_fake``; their difference and the losses are unaffected.
 """
 
 from __future__ import annotations
@@ -54,6 +69,7 @@ class RelGANConfig:
     d_steps: int = 5
     grad_clip: float = 5.0  # max gradient norm for G and D (0 disables)
     gp_weight: float = 10.0  # wgan_gp gradient-penalty weight
+    rng_blocks: int | None = None  # row blocks with their own random streams (None: processes)
     log_every: int = 10
     checkpoint_every: int = 500
     keep_last: int = 2
@@ -70,6 +86,8 @@ class RelGANConfig:
                 raise ValueError(f"`train.{name}` must be >= 1, got {getattr(self, name)}")
         if self.adv_steps < 0:
             raise ValueError(f"`train.adv_steps` must be >= 0, got {self.adv_steps}")
+        if self.rng_blocks is not None and self.rng_blocks < 1:
+            raise ValueError(f"`train.rng_blocks` must be >= 1, got {self.rng_blocks}")
 
 
 class RelGANResult(NamedTuple):
@@ -84,25 +102,42 @@ class RelGANResult(NamedTuple):
 
 
 def sample_fake(G, batch_size: int, seq_len: int, tau: float, estimator: str, feed: str,
-                eos=None, pad=None) -> S.Sample:
+                eos=None, pad=None, blocks: C.Blocks | None = None) -> S.Sample:
+    """``batch_size`` fakes of G for ``estimator``; with ``blocks``, drawn block by block."""
     method = {"gumbel_softmax": "gumbel_softmax", "gumbel_st": "gumbel_st",
               "score_function": "multinomial"}[estimator]
-    return S.sample_sequence(G, batch_size, seq_len, method=method, tau=tau, feed=feed,
-                             eos=eos, pad=pad)
+
+    def draw(rows: int) -> S.Sample:
+        return S.sample_sequence(G, rows, seq_len, method=method, tau=tau, feed=feed, eos=eos,
+                                 pad=pad)
+
+    return draw(batch_size) if blocks is None else blocks.map(draw, rows=batch_size)
 
 
 def d_step(G, D, opt_d, real: Tensor, tau: float, cfg: RelGANConfig, *, feed: str = "hard",
-           eos=None, pad=None, sync=None, backward=None) -> dict:
-    """One discriminator update on ``real`` ids ``(B, T)`` against fresh fakes (G frozen)."""
+           eos=None, pad=None, sync=None, backward=None, blocks: C.Blocks | None = None) -> dict:
+    """One discriminator update on ``real`` ids ``(B, T)`` against fresh fakes (G frozen).
+
+    ``blocks`` (several processes, ``train.rng_blocks``): fakes, D's dropout masks and the
+    gradient-penalty interpolates are drawn block by block (see the module docstring)."""
+    D_ = D if blocks is None else blocks.wrap(D)
     with torch.no_grad():
-        fake = sample_fake(G, real.shape[0], real.shape[1], tau, cfg.estimator, feed, eos, pad)
+        fake = sample_fake(G, real.shape[0], real.shape[1], tau, cfg.estimator, feed, eos, pad,
+                           blocks)
     fake_in = fake.one_hot if cfg.estimator != "score_function" else fake.tokens
-    d_real, d_fake = D(real), D(fake_in.detach())
+    d_real, d_fake = D_(real), D_(fake_in.detach())
     loss = losses.d_loss(cfg.loss, d_real, d_fake)
     if cfg.loss == "wgan_gp":
         real_oh = torch.nn.functional.one_hot(real, fake.one_hot.shape[-1]).float()
-        loss = loss + losses.gradient_penalty(D, real_oh, fake.one_hot.detach(),
-                                              weight=cfg.gp_weight)
+
+        def penalty(r: Tensor, f: Tensor) -> Tensor:
+            return losses.gradient_penalty(D, r, f, weight=cfg.gp_weight)
+
+        if blocks is None:
+            loss = loss + penalty(real_oh, fake.one_hot.detach())
+        else:  # a mean over rows: the mean of the equal blocks' means
+            parts = blocks.map(penalty, real_oh, fake.one_hot.detach(), merge=False)
+            loss = loss + torch.stack(parts).mean()
     opt_d.zero_grad(set_to_none=True)
     (backward or Tensor.backward)(loss)
     _finish(D, opt_d, cfg.grad_clip, sync)
@@ -111,27 +146,37 @@ def d_step(G, D, opt_d, real: Tensor, tau: float, cfg: RelGANConfig, *, feed: st
 
 def g_step(G, D, opt_g, real: Tensor, tau: float, cfg: RelGANConfig, *, feed: str = "hard",
            baseline: S.EMABaseline | None = None, eos=None, pad=None, sync=None,
-           backward=None) -> dict:
-    """One generator update (D frozen: its parameters get no gradient)."""
+           backward=None, blocks: C.Blocks | None = None, gather=None) -> dict:
+    """One generator update (D frozen: its parameters get no gradient).
+
+    Several processes: ``blocks`` as in :func:`d_step`; ``gather`` concatenates a ``(B_local,)``
+    tensor over processes, for the score-function baselines and normalisation."""
     D.requires_grad_(False)
+    D_ = D if blocks is None else blocks.wrap(D)
     try:
-        fake = sample_fake(G, real.shape[0], real.shape[1], tau, cfg.estimator, feed, eos, pad)
+        fake = sample_fake(G, real.shape[0], real.shape[1], tau, cfg.estimator, feed, eos, pad,
+                           blocks)
         with torch.no_grad():
-            d_real = D(real)
+            d_real = D_(real)
         if cfg.estimator == "score_function":
             with torch.no_grad():
-                d_fake = D(fake.tokens)
+                d_fake = D_(fake.tokens)
                 reward = -per_sample_g_loss(cfg.loss, d_real, d_fake)  # (B,)
+                everyone = reward if gather is None else gather(reward)
             if cfg.baseline == "ema":
-                b = baseline(reward)
+                b = baseline(everyone)[0]
             elif cfg.baseline == "loo":
-                b = S.leave_one_out(reward, reward.shape[0])
+                if everyone.shape[0] < 2:
+                    raise ValueError("a leave-one-out baseline needs a batch of >= 2 sequences")
+                b = (everyone.sum() - reward) / (everyone.shape[0] - 1)
             else:
                 b = None
             loss = S.score_function_loss(fake.log_prob, reward, baseline=b, mask=fake.mask)
+            if gather is not None:  # normalise by the global count of counted tokens
+                loss = loss * C.count_share(fake.mask, gather)
             g_loss = -reward.mean()
         else:
-            d_fake = D(fake.one_hot)
+            d_fake = D_(fake.one_hot)
             loss = g_loss = losses.g_loss(cfg.loss, d_real, d_fake)
         opt_g.zero_grad(set_to_none=True)
         (backward or Tensor.backward)(loss)
@@ -194,30 +239,36 @@ def adversarial(run: C.Run, G, D, opt_g, opt_d, baseline, start: int, ckpt_offse
                                     total_steps=max(tc.adv_steps, 2), rate=cfg.sampler.anneal_rate,
                                     tau_min=cfg.sampler.tau_min)
     g, d = acc.unwrap_model(G), acc.unwrap_model(D)
-    sync = (lambda m: C.sync_grads(acc, m)) if acc.num_processes > 1 else None
+    sync = C.grad_sync(acc, [(g, opt_g), (d, opt_d)])
     kw = dict(feed=cfg.sampler.feed, eos=corpus.eos, pad=corpus.pad, sync=sync,
               backward=acc.backward)
+    gather = C.gather_rows(run)
+    C.num_blocks(run, tc.rng_blocks, tc.batch_size)  # a bad setting fails before step 1
     per_step = tc.g_steps + tc.d_steps  # real batches consumed per adversarial step
     bar = C.progress(run, tc.adv_steps, start, "adversarial")
     step, window = start, []
     while step < tc.adv_steps:
         C.set_step_seed(run, "adversarial", step)
+        blocks = C.row_blocks(run, tc.rng_blocks, "adversarial", step, tc.batch_size)
         tau = tau_of(step)
         g.train()
         d.train()
         with acc.autocast():
             for k in range(tc.g_steps):
                 real = C.local_batch(run, corpus.train, step * per_step + k, tc.batch_size)
-                gm = g_step(g, d, opt_g, real, tau, tc, baseline=baseline, **kw)
+                gm = g_step(g, d, opt_g, real, tau, tc, baseline=baseline, blocks=blocks,
+                            gather=gather, **kw)
             for k in range(tc.d_steps):
                 real = C.local_batch(run, corpus.train, step * per_step + tc.g_steps + k,
                                      tc.batch_size)
-                dm = d_step(g, d, opt_d, real, tau, tc, **kw)
-        C.check_finite(run, step, "adversarial", {**gm, **dm})
-        window.append({**gm, **dm})
+                dm = d_step(g, d, opt_d, real, tau, tc, blocks=blocks, **kw)
+        stats = C.mean_over_processes(run, {**gm, **dm})
+        C.check_finite(run, step, "adversarial", stats)
+        window.append(stats)
         step += 1
         bar.update(1)
-        bar.set_postfix(g=f"{gm['g_loss']:.3f}", d=f"{dm['d_loss']:.3f}", tau=f"{tau:.3g}")
+        bar.set_postfix(g=f"{stats['g_loss']:.3f}", d=f"{stats['d_loss']:.3f}",
+                        tau=f"{tau:.3g}")
         if step % tc.log_every == 0 or step == tc.adv_steps:
             mean = {k: sum(w[k] for w in window) / len(window) for k in window[0]}
             C.log_metrics(run, step, "adversarial", {**mean, "tau": tau})
@@ -227,10 +278,11 @@ def adversarial(run: C.Run, G, D, opt_g, opt_d, baseline, start: int, ckpt_offse
             C.log_metrics(run, step, "adversarial", metrics)
             bar.write(f"[adversarial {step}] tau={tau:.4g} "
                       + " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
-        if step % tc.checkpoint_every == 0 or step == tc.adv_steps or run.interrupted:
+        stop = C.stop_requested(run)
+        if step % tc.checkpoint_every == 0 or step == tc.adv_steps or stop:
             C.save_checkpoint(run, step, "adversarial", {"baseline": baseline.state_dict()},
                               tc.keep_last, offset=ckpt_offset)
-        if run.interrupted:
+        if stop:
             bar.close()
             raise C.Interrupted(run.out_dir, "adversarial", step)
     bar.close()

@@ -3,9 +3,14 @@
 The model is :class:`textgan.models.vae.CategoricalTextVAE`: a bidirectional LSTM/GRU encoder,
 ``M x K`` categorical latents and the recipe's ``generator:`` as the decoder. The loop is the
 MLE trainer's: the global batch of step ``s`` is :func:`textgan.train.common.global_batch`, the
-latent noise of step ``s`` comes from a generator seeded by ``(seed, "vae", s, rank)``, so a
-resumed run repeats the uninterrupted one exactly; checkpoints hold the model, the optimizer and
-the EMA baseline.
+latent noise (and any dropout) of step ``s`` is drawn row block by row block from streams seeded
+by ``(seed, "vae", s, block)`` (:class:`textgan.train.common.Blocks`, ``train.rng_blocks``), so a
+resumed run repeats the uninterrupted one exactly and, with the same ``rng_blocks``, ``n``
+processes repeat one process (the EMA baseline is updated with the rewards of all processes;
+every loss and statistic is a mean over the global batch, except ``advantage_std``, each
+process's standard deviation averaged over processes). Checkpoints hold the model, the
+optimizer and the EMA baseline. Evaluation is split over processes like
+:func:`textgan.train.common.evaluate_generator`.
 
 Settings (``train:`` section, :class:`VAEConfig`):
     * ``latent_method``: how gradients cross the latent sample: ``gumbel_softmax``,
@@ -79,6 +84,7 @@ class VAEConfig:
     condition: str = "both"  # decoder conditioning on z: init | input | both
     eval_sentences: int | None = None  # test sentences for ELBO / reconstruction (None = all)
     interpolations: int = 2  # interpolated test-sentence pairs written at each evaluation
+    rng_blocks: int | None = None  # row blocks with their own random streams (None: processes)
     checkpoint_every: int = 1000
     keep_last: int = 2
     log_every: int = 50
@@ -113,6 +119,8 @@ class VAEConfig:
             raise ValueError(f"`train.baseline_beta` must be in [0, 1), got {self.baseline_beta}")
         if self.eval_sentences is not None and self.eval_sentences < 2:
             raise ValueError(f"`train.eval_sentences` must be >= 2, got {self.eval_sentences}")
+        if self.rng_blocks is not None and self.rng_blocks < 1:
+            raise ValueError(f"`train.rng_blocks` must be >= 1, got {self.rng_blocks}")
 
     @property
     def learned_baseline(self) -> bool:
@@ -201,7 +209,8 @@ def nll_bound(vae: V.CategoricalTextVAE, tokens: Tensor, *, batch_size: int = 25
 def vae_step(vae: V.CategoricalTextVAE, opt, batch: Tensor, cfg: VAEConfig, *, tau: float,
              kl_weight: float = 1.0, ema: S.EMABaseline | None = None,
              rng: torch.Generator | None = None, world: int = 1, n_global: int | None = None,
-             backward=None, sync=None, reduce=None, gather=None, autocast=None) -> dict:
+             backward=None, sync=None, reduce=None, gather=None, autocast=None,
+             blocks: C.Blocks | None = None) -> dict:
     """One optimizer step on ``batch (B, T)`` (this process's rows of the global batch).
 
     The loss is the mean over the *global* batch of the per-sentence loss
@@ -211,11 +220,13 @@ def vae_step(vae: V.CategoricalTextVAE, opt, batch: Tensor, cfg: VAEConfig, *, t
     Args:
         cfg: the trainer config (``latent_method``, ``baseline``, ``grad_accum``, ``grad_clip``).
         ema: the EMA baseline (score_function with ``ema`` / ``nvil``).
-        rng: generator of the latent noise.
+        rng: generator of the latent noise (without ``blocks``).
         world, n_global: process count and global batch size (default: one process).
         backward, sync, reduce, gather, autocast: the accelerator's ``backward``, a gradient
             all-reduce for the model, a sum over processes, a gather over processes and an
             autocast context factory (all optional).
+        blocks: this process's row blocks (:class:`textgan.train.common.Blocks`): the encoder,
+            latent draw and decoder run block by block on the global RNG seeded per block.
 
     Returns:
         Means over the global batch: ``loss`` (the surrogate), ``neg_elbo``, ``recon``, ``kl``
@@ -227,7 +238,10 @@ def vae_step(vae: V.CategoricalTextVAE, opt, batch: Tensor, cfg: VAEConfig, *, t
     totals: dict[str, Tensor] = {}
     for mb in batch.chunk(cfg.grad_accum):
         with autocast() if autocast is not None else nullcontext():
-            terms = vae.elbo_terms(mb, cfg.latent_method, tau, rng)
+            if blocks is None:
+                terms = vae.elbo_terms(mb, cfg.latent_method, tau, rng)
+            else:
+                terms = blocks.map(lambda x: vae.elbo_terms(x, cfg.latent_method, tau), mb)
             loss, stats = V.vae_loss(terms, cfg.latent_method, kl_weight=kl_weight,
                                      baseline=cfg.baseline, ema=ema, gather=gather)
         weight = mb.shape[0] / n_global
@@ -259,67 +273,69 @@ def vae_step(vae: V.CategoricalTextVAE, opt, batch: Tensor, cfg: VAEConfig, *, t
 @torch.no_grad()
 def evaluate_vae(run: C.Run, vae: V.CategoricalTextVAE, step: int) -> dict:
     """The negative ELBO, reconstruction BLEU, prior samples and interpolations (see the module
-    docstring); files under ``<output_dir>/samples/`` on the main process."""
+    docstring); files under ``<output_dir>/samples/`` on the main process.
+
+    Split over processes: test sentences and prior samples are taken in chunks of
+    ``eval.batch_size``, chunk ``c`` on process ``c % n`` with its latent noise seeded by
+    ``(seed, step, c)``; sums are reduced and reconstructions and samples gathered, so every
+    process returns the metrics of one process. Every process must call it."""
     from textgan import metrics
 
     cfg, tc, ec, corpus = run.cfg, run.cfg.train, run.cfg.eval, run.corpus
     device = run.device
     was_training = vae.training
     vae.eval()
-    rng = torch.Generator(device=device).manual_seed(cfg.seed * 7919 + 17 * step + 1)
     test = corpus.test if tc.eval_sentences is None else corpus.test[: tc.eval_sentences]
-    sums = torch.zeros(5, dtype=torch.float64)
-    correct = count = 0
-    recon_tokens = []
-    for chunk in test.split(ec.batch_size):
-        chunk = chunk.to(device)
+    # neg_elbo, recon, kl, recon_argmax, counted tokens, correct greedy tokens, scored tokens
+    sums = torch.zeros(7, dtype=torch.float64)
+    recon_chunks = {}
+    for c, rows in C.eval_chunks(run, test.shape[0], ec.batch_size):
+        chunk = test[c * ec.batch_size: c * ec.batch_size + rows].to(device)
+        rng = torch.Generator(device=device).manual_seed(
+            C.step_seed(cfg.seed, "eval/vae", step, c))
         t = vae.elbo_terms(chunk, "score_function", rng=rng)
         mode = vae.elbo_terms(chunk, "argmax")
-        sums += torch.stack([(t.recon + t.kl).sum(), t.recon.sum(), t.kl.sum(),
-                             mode.recon.sum(), t.n_tokens.sum()]).double().cpu()
         rec = vae.greedy_decode(mode.z, chunk.shape[1], corpus.eos, corpus.pad)
         keep = chunk != corpus.pad if corpus.pad is not None else torch.ones_like(chunk).bool()
-        correct += int(((rec == chunk) & keep).sum())
-        count += int(keep.sum())
-        recon_tokens.append(rec.cpu())
+        sums += torch.stack([(t.recon + t.kl).sum(), t.recon.sum(), t.kl.sum(),
+                             mode.recon.sum(), t.n_tokens.sum(), ((rec == chunk) & keep).sum(),
+                             keep.sum()]).double().cpu()
+        recon_chunks[c] = rec
+    total = C.sum_over_processes(run, sums.tolist())
     n = test.shape[0]
-    out = {"neg_elbo": float(sums[0] / n), "neg_elbo_token": float(sums[0] / sums[4]),
-           "recon": float(sums[1] / n), "kl": float(sums[2] / n),
-           "recon_argmax": float(sums[3] / n), "recon_acc": correct / max(count, 1)}
-    recon = torch.cat(recon_tokens)
+    out = {"neg_elbo": total[0] / n, "neg_elbo_token": total[0] / total[4],
+           "recon": total[1] / n, "kl": total[2] / n, "recon_argmax": total[3] / n,
+           "recon_acc": total[5] / max(total[6], 1.0)}
+    recon = C.gather_chunks(run, recon_chunks)
     hyps, refs = corpus.lines(recon), corpus.lines(test)
     out["recon_bleu"] = metrics.corpus_bleu_sacrebleu(hyps, refs).score
 
     # prior samples
-    chunks = []
-    for start in range(0, ec.num_samples, ec.batch_size):
-        B = min(ec.batch_size, ec.num_samples - start)
-        z = vae.prior_sample(B, rng)
-        chunks.append(S.sample_sequence(vae.conditioned(z), B, corpus.seq_len,
-                                        method="multinomial", tau=cfg.sampler.tau, rng=rng,
-                                        eos=corpus.eos, pad=corpus.pad).tokens)
-    samples = torch.cat(chunks).cpu()
-    if corpus.oracle is not None:
-        out["nll_oracle"] = metrics.nll_oracle(corpus.oracle, samples.to(device))
-    else:
-        prior_refs = corpus.decode(corpus.test if ec.num_refs is None
-                                   else corpus.test[: ec.num_refs])
-        scores = metrics.bleu_scores(corpus.decode(samples), prior_refs, ns=tuple(ec.bleu))
-        out.update({f"bleu{k}": v for k, v in scores.items()})
-
-    # interpolations between test sentences (A = 2i, B = 2i + 1)
-    interp = []
-    for i in range(min(tc.interpolations, test.shape[0] // 2)):
-        pair = test[2 * i: 2 * i + 2].to(device)
-        za, zb = vae.encode(pair)[1].argmax(-1)
-        classes = V.interpolate_latents(za, zb)
-        z = torch.nn.functional.one_hot(classes, vae.latent_classes).float()
-        dec = corpus.lines(vae.greedy_decode(z, corpus.seq_len, corpus.eos, corpus.pad).cpu())
-        src = corpus.lines(pair.cpu())
-        interp += [f"# pair {i}", f"A\t{src[0]}", f"B\t{src[1]}"]
-        interp += [f"{j}\t{line}" for j, line in enumerate(dec)] + [""]
+    chunks = {}
+    for c, rows in C.eval_chunks(run, ec.num_samples, ec.batch_size):
+        rng = torch.Generator(device=device).manual_seed(
+            C.step_seed(cfg.seed, "eval/vae_prior", step, c))
+        z = vae.prior_sample(rows, rng)
+        chunks[c] = S.sample_sequence(vae.conditioned(z), rows, corpus.seq_len,
+                                      method="multinomial", tau=cfg.sampler.tau, rng=rng,
+                                      eos=corpus.eos, pad=corpus.pad).tokens
+    out.update(C.sample_metrics(run, torch.cat(list(chunks.values())) if chunks else None,
+                                ec.num_samples))
+    samples = C.gather_chunks(run, chunks)
 
     if run.is_main:
+        # interpolations between test sentences (A = 2i, B = 2i + 1): deterministic, cheap
+        interp = []
+        for i in range(min(tc.interpolations, test.shape[0] // 2)):
+            pair = test[2 * i: 2 * i + 2].to(device)
+            za, zb = vae.encode(pair)[1].argmax(-1)
+            classes = V.interpolate_latents(za, zb)
+            z = torch.nn.functional.one_hot(classes, vae.latent_classes).float()
+            dec = corpus.lines(vae.greedy_decode(z, corpus.seq_len, corpus.eos,
+                                                 corpus.pad).cpu())
+            src = corpus.lines(pair.cpu())
+            interp += [f"# pair {i}", f"A\t{src[0]}", f"B\t{src[1]}"]
+            interp += [f"{j}\t{line}" for j, line in enumerate(dec)] + [""]
         sample_dir = run.out_dir / "samples"
         sample_dir.mkdir(exist_ok=True)
         lines = corpus.lines(samples)
@@ -378,18 +394,19 @@ def run_vae(run: C.Run, vae, opt, ema: S.EMABaseline, start: int) -> int:
     model = acc.unwrap_model(vae)  # called unwrapped; gradients averaged by sync_grads
     multi = acc.num_processes > 1
     kw = dict(world=acc.num_processes, n_global=tc.batch_size, backward=acc.backward,
-              sync=(lambda m: C.sync_grads(acc, m)) if multi else None,
+              sync=C.grad_sync(acc, [(model, opt)]),
               reduce=(lambda t: acc.reduce(t, "sum")) if multi else None,
               gather=acc.gather if multi else None, autocast=acc.autocast)
+    C.num_blocks(run, tc.rng_blocks, tc.batch_size, tc.grad_accum)  # fail before step 1
     bar = C.progress(run, tc.steps, start, PHASE)
     step, window = start, []
     while step < tc.steps:
         C.set_step_seed(run, PHASE, step)
-        rng = torch.Generator(device=acc.device).manual_seed(
-            C.step_seed(cfg.seed, PHASE, step, acc.process_index))
+        blocks = C.row_blocks(run, tc.rng_blocks, PHASE, step, tc.batch_size, tc.grad_accum)
         tau, beta = tau_of(step), kl_weight_at(step, tc.kl_warmup)
         batch = C.local_batch(run, corpus.train, step, tc.batch_size)
-        stats = vae_step(model, opt, batch, tc, tau=tau, kl_weight=beta, ema=ema, rng=rng, **kw)
+        stats = vae_step(model, opt, batch, tc, tau=tau, kl_weight=beta, ema=ema, blocks=blocks,
+                         **kw)
         C.check_finite(run, step, PHASE, stats)
         window.append(stats)
         step += 1
@@ -404,10 +421,11 @@ def run_vae(run: C.Run, vae, opt, ema: S.EMABaseline, start: int) -> int:
             C.log_metrics(run, step, PHASE, metrics)
             bar.write(f"[{PHASE} {step}] tau={tau:.4g} "
                       + " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
-        if step % tc.checkpoint_every == 0 or step == tc.steps or run.interrupted:
+        stop = C.stop_requested(run)
+        if step % tc.checkpoint_every == 0 or step == tc.steps or stop:
             C.save_checkpoint(run, step, PHASE, {"step": step, "ema": ema.state_dict()},
                               tc.keep_last)
-        if run.interrupted:
+        if stop:
             bar.close()
             raise C.Interrupted(run.out_dir, PHASE, step)
     bar.close()
