@@ -230,8 +230,8 @@ def _snapshot(root: Path) -> dict:
             for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def test_resume_with_another_vocabulary_leaves_the_run_untouched(tmp_path, capsys,
-                                                                  monkeypatch):
+def test_resume_with_another_vocabulary_or_algorithm_leaves_the_run_untouched(
+        tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
     assert main(["train", str(RECIPES / "mle" / "oracle.yaml"), f"output_dir={out}", *TINY,
                  "train.steps=2"]) == 0
@@ -249,6 +249,12 @@ def test_resume_with_another_vocabulary_leaves_the_run_untouched(tmp_path, capsy
         f"'embed_dim': 8, 'hidden_dim': 8, 'init_std': 0.1}}, the recipe has {{'name': 'lstm', "
         f"'embed_dim': 8, 'hidden_dim': 9, 'init_std': 0.1}}; resume with the checkpoint's "
         f"`generator` settings, or drop `resume`")
+    other = tmp_path / "relgan"
+    assert _error(capsys, "relgan/oracle.yaml", other, *TINY[:5], f"resume={ckpt}") == (
+        f"`resume` checkpoint '{ckpt}' is from a run of `algorithm: mle`, the recipe has "
+        f"`algorithm: relgan`; to start the generator from its weights use "
+        f"generator.init_from={ckpt} instead of resume")
+    assert not other.exists()
     assert _snapshot(out) == before  # config.yaml, meta.json, metrics, checkpoints unchanged
 
 

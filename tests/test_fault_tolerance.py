@@ -82,15 +82,14 @@ def _state(ckpt: Path) -> dict:
 
 def _assert_resume_reproduces(reference: list[dict], out: Path, algorithm: str, phase: str,
                               ckpt: str, step: int, caplog) -> None:
-    """``resume=auto`` continues from ``ckpt`` (``phase`` step ``step``) and appends exactly the
-    records of the uninterrupted run from ``phase`` step ``step + 1`` to its end."""
-    before = len(_rows(out))
+    """``resume=auto`` continues from ``ckpt`` (``phase`` step ``step``): metrics.jsonl ends up
+    record for record the uninterrupted run's (records the stopped run wrote after ``ckpt``
+    are dropped and written again)."""
     caplog.clear()
     assert _train(algorithm, out, "resume=auto") == 0
     assert f"resumed from {out / 'checkpoints' / ckpt} (phase {phase}, step {step})" \
         in caplog.text
-    first = next(i for i, r in enumerate(reference) if r["phase"] == phase and r["step"] > step)
-    assert _rows(out)[before:] == reference[first:]
+    assert _rows(out) == reference
 
 
 @pytest.fixture(scope="module")
@@ -120,9 +119,15 @@ sys.exit(main(sys.argv[2:]))
 """
 
 
-def _start_and_signal(out: Path, sig: int, tmp_path: Path, delay: float = 0.5):
-    """Start the slowed-down RelGAN run in a process, wait for the first adversarial checkpoint
-    (``step_5``: adversarial step 2 of 6) and send ``sig``; returns the exit status and stderr."""
+def _logged(out: Path, phase: str, step: int) -> bool:
+    log = out / "metrics.jsonl"
+    return log.is_file() and f'{{"step": {step}, "phase": "{phase}"' in log.read_text()
+
+
+def _start_and_signal(out: Path, sig: int, tmp_path: Path, adv_step: int, delay: float = 0.5):
+    """Start the slowed-down RelGAN run in a process, wait until it has logged adversarial step
+    ``adv_step`` (of 6; the first adversarial checkpoint is at step 2, ``step_5``) and send
+    ``sig``; returns the exit status and stderr."""
     err_path = tmp_path / f"stderr_{sig}.txt"
     with open(err_path, "w") as err, open(tmp_path / f"stdout_{sig}.txt", "w") as stdout:
         proc = subprocess.Popen(
@@ -130,10 +135,9 @@ def _start_and_signal(out: Path, sig: int, tmp_path: Path, delay: float = 0.5):
             stdout=stdout, stderr=err, cwd=REPO, env={**os.environ, "PYTHONWARNINGS": "ignore"})
         try:
             deadline = time.monotonic() + 240
-            first = out / "checkpoints" / f"step_{PRE + 2}"
-            while not first.is_dir():
+            while not _logged(out, "adversarial", adv_step):
                 assert proc.poll() is None, err_path.read_text()
-                assert time.monotonic() < deadline, "no adversarial checkpoint in 240 s"
+                assert time.monotonic() < deadline, f"adversarial step {adv_step} not in 240 s"
                 time.sleep(0.01)
             proc.send_signal(sig)
             code = proc.wait(timeout=240)
@@ -149,13 +153,17 @@ def test_sigkill_mid_adversarial_then_resume_matches_the_uninterrupted_run(
     caplog.set_level("INFO", logger="textgan")
     reference_dir, reference = relgan_reference
     out = tmp_path / "killed"
-    code, _ = _start_and_signal(out, signal.SIGKILL, tmp_path)
+    # killed after logging adversarial step 3, which has no checkpoint (every 2 steps)
+    code, _ = _start_and_signal(out, signal.SIGKILL, tmp_path, adv_step=3)
     assert code == -signal.SIGKILL
     done = _ckpts(out)
     assert done[:2] == ["step_3", "step_5"] and "step_9" not in done  # killed mid-phase
     last = done[-1]
     k = int(last[len("step_"):]) - PRE
-    assert _state(out / "checkpoints" / last)["phase"] == "adversarial" and 2 <= k < 6
+    assert _state(out / "checkpoints" / last)["phase"] == "adversarial" and k in (2, 4)
+    if k == 2:  # the usual case: the record of step 3 lies past the checkpoint (dropped later)
+        assert (out / "metrics.jsonl").stat().st_size > \
+            _state(out / "checkpoints" / last)["metrics_bytes"]
     _assert_resume_reproduces(reference, out, "relgan", "adversarial", last, k, caplog)
     assert _ckpts(out) == _ckpts(reference_dir)
     # the final weights are the uninterrupted run's, bit for bit
@@ -169,16 +177,16 @@ def test_sigterm_saves_a_checkpoint_exits_130_and_resume_reproduces(relgan_refer
     caplog.set_level("INFO", logger="textgan")
     _, reference = relgan_reference
     out = tmp_path / "stopped"
-    code, err = _start_and_signal(out, signal.SIGTERM, tmp_path)
+    code, err = _start_and_signal(out, signal.SIGTERM, tmp_path, adv_step=3)
     assert code == 130, err
     assert "Traceback" not in err
     found = re.findall(r"^textgan train: interrupted at adversarial step (\d+); checkpoint saved "
                        r"under (.*); continue with resume=auto$", err, re.M)
     assert len(found) == 1 and found[0][1] == str(out / "checkpoints"), err
     k = int(found[0][0])
-    assert 3 <= k < 6  # the step after the first adversarial checkpoint, or a later one
+    assert 3 <= k < 6  # the signal came after step 3 was logged
     assert "SIGTERM: stopping after this step and saving a checkpoint" in err
-    # the checkpoint of the interrupted step, although k is not a multiple of checkpoint_every
+    # the checkpoint of the interrupted step (usually 3: not a multiple of checkpoint_every)
     state = _state(out / "checkpoints" / f"step_{PRE + k}")
     assert (state["phase"], state["step"]) == ("adversarial", k)
     assert _ckpts(out)[-1] == f"step_{PRE + k}"
@@ -321,7 +329,8 @@ def test_resume_skips_a_damaged_checkpoint_and_a_half_written_one(relgan_referen
     reference_dir, reference = relgan_reference
     out = tmp_path / "run"
     shutil.copytree(reference_dir, out)
-    (out / "metrics.jsonl").unlink()
+    with open(out / "metrics.jsonl", "a") as f:  # a line cut short by a kill
+        f.write('{"step": 7, "phase": "adversa')
     _truncate(out / "checkpoints" / "step_9" / "model_1.safetensors")
     # what a kill during save_checkpoint leaves: a temporary directory, never a step_N one
     shutil.copytree(out / "checkpoints" / "step_7", out / "checkpoints" / ".tmp_step_11")
@@ -333,7 +342,7 @@ def test_resume_skips_a_damaged_checkpoint_and_a_half_written_one(relgan_referen
     assert capsys.readouterr().err.splitlines()[-1] == (
         f"textgan train: error: `resume` checkpoint '{bad}' is incomplete or corrupted; give an "
         f"earlier checkpoint, or resume=auto (which skips incomplete ones)")
-    assert not (out / "metrics.jsonl").exists()
+    assert (out / "metrics.jsonl").read_text().endswith('{"step": 7, "phase": "adversa')
     # resume=auto: never reads step_9 (a load of it would raise here), continues from step_7
     load = common.load_checkpoint
 
@@ -347,7 +356,10 @@ def test_resume_skips_a_damaged_checkpoint_and_a_half_written_one(relgan_referen
     assert f"skipping incomplete or corrupted checkpoint {bad}" in caplog.text
     assert f"resumed from {out / 'checkpoints' / 'step_7'} (phase adversarial, step 4)" \
         in caplog.text
-    assert _rows(out) == [r for r in reference if r["phase"] == "adversarial" and r["step"] > 4]
+    # metrics.jsonl was cut back to step_7's records, then steps 5 and 6 were written again
+    assert f"{out / 'metrics.jsonl'}: dropped the records written after step_7 (they are " \
+        "written again)" in caplog.text
+    assert _rows(out) == reference
     assert common.is_complete(out / "checkpoints" / "step_9")  # rewritten whole
 
 
@@ -399,3 +411,31 @@ def test_non_finite_loss_stops_with_step_metrics_and_checkpoint(
     assert _ckpts(out) == ckpts  # nothing saved after the non-finite step
     for ckpt in ckpts:
         assert common.is_complete(out / "checkpoints" / ckpt)
+
+
+# --------------------------------------------------------------------------------------------
+# resuming with other optimizer settings
+# --------------------------------------------------------------------------------------------
+
+
+def test_resume_uses_the_recipe_learning_rate_and_the_checkpoint_moments(tmp_path, monkeypatch,
+                                                                          caplog):
+    from textgan.train import mle
+
+    caplog.set_level("INFO", logger="textgan")
+    out = tmp_path / "run"
+    assert _train("mle", out, "train.steps=2", "train.lr=0.01") == 0
+    seen = []
+    real = mle.mle_step
+
+    def record(run, G, opt, *args, **kwargs):
+        adam_steps = {int(s["step"]) for s in opt.state.values()}
+        seen.append((opt.param_groups[0]["lr"], adam_steps))
+        return real(run, G, opt, *args, **kwargs)
+
+    monkeypatch.setattr(mle, "mle_step", record)
+    assert _train("mle", out, "train.steps=4", "train.lr=0.001", "resume=auto") == 0
+    # the lowered lr is used; Adam's moments and step count come from the checkpoint
+    assert seen == [(0.001, {2}), (0.001, {3})]
+    assert "optimizer settings from the recipe, not the checkpoint: lr 0.01 -> 0.001" \
+        in caplog.text

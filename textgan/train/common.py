@@ -612,9 +612,20 @@ def find_checkpoint(out_dir: Path, resume: str) -> Path:
 
 
 def check_compatible(ckpt: Path, cfg: RecipeConfig, corpus: Corpus) -> None:
-    """Resuming with another vocabulary or model shape is an error, not a silent reload."""
+    """Resuming another algorithm's run, or with another vocabulary or model shape, is an
+    error, not a silent reload."""
     state = torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=True)
     meta = state.get("meta", {})
+    try:
+        algorithm = json.loads((Path(ckpt) / "meta.json").read_text())["algorithm"]
+    except (OSError, ValueError, KeyError):
+        algorithm = None
+    if algorithm not in (None, cfg.algorithm):
+        raise ValueError(
+            f"`resume` checkpoint '{ckpt}' is from a run of `algorithm: {algorithm}`, the "
+            f"recipe has `algorithm: {cfg.algorithm}`; to start the generator from its weights "
+            f"use generator.init_from={ckpt} instead of resume"
+        )
     if meta.get("vocab_size") not in (None, corpus.vocab_size):
         raise ValueError(
             f"vocabulary mismatch on resume: checkpoint '{ckpt}' has vocab_size "
@@ -657,8 +668,10 @@ def save_checkpoint(run: Run, step: int, phase: str, extra: dict | None = None,
                  for p in sorted(tmp.rglob("*")) if p.is_file()}
         meta = {"vocab_size": run.corpus.vocab_size,
                 "generator": {k: v for k, v in run.cfg.generator.items() if k != "init_from"}}
+        log_file = run.out_dir / "metrics.jsonl"
         state = {"step": step, "phase": phase, "extra": extra or {}, "files": files,
-                 "sizes": sizes, "meta": meta, "metrics": run.last_metrics}
+                 "sizes": sizes, "meta": meta, "metrics": run.last_metrics,
+                 "metrics_bytes": log_file.stat().st_size if log_file.exists() else 0}
         torch.save(state, tmp / STATE_FILE)
         if final.exists():
             shutil.rmtree(final)
@@ -670,10 +683,23 @@ def save_checkpoint(run: Run, step: int, phase: str, extra: dict | None = None,
 
 
 def load_checkpoint(run: Run, ckpt: Path) -> dict:
-    """Restore models and optimizers (weights_only loading) and return the trainer state; the
-    last logged metrics come back too (they are quoted by :func:`check_finite`)."""
+    """Restore models and optimizers (weights_only loading) and return the trainer state.
+
+    * The optimizers' hyper-parameters (``lr``, ``betas``, ``weight_decay``...) stay the
+      recipe's: the checkpoint brings their moments and step counts only, so that a run resumed
+      with a lower ``lr`` (e.g. after a non-finite loss) really uses it.
+    * ``metrics.jsonl`` of this run is cut back to what it held when the checkpoint was saved:
+      the records a killed run wrote after its last checkpoint (and a half-written last line)
+      are dropped, and the resumed run writes them again, so the file is the uninterrupted
+      run's.
+    * The last logged metrics come back too (they are quoted by :func:`check_finite`).
+    """
+    acc = run.accelerator
+    optimizers = list(getattr(acc, "_optimizers", []))
+    recipe_groups = [[{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
+                     for opt in optimizers]
     try:
-        run.accelerator.load_state(str(ckpt))
+        acc.load_state(str(ckpt))
         state = torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=True)
     except Exception as e:  # is_complete passed, but a file's content is damaged
         first = (str(e).splitlines() or [""])[0]
@@ -681,9 +707,33 @@ def load_checkpoint(run: Run, ckpt: Path) -> dict:
             f"checkpoint '{ckpt}' could not be loaded ({type(e).__name__}: {first}); move it "
             f"away to resume from the previous one, or drop `resume`"
         ) from None
+    if not getattr(acc, "_schedulers", None):  # a scheduler would own the learning rate
+        for opt, groups in zip(optimizers, recipe_groups, strict=True):
+            for group, recipe in zip(opt.param_groups, groups, strict=False):
+                changed = {k: (group.get(k), v) for k, v in recipe.items() if group.get(k) != v}
+                if changed:
+                    log.info("optimizer settings from the recipe, not the checkpoint: %s",
+                             ", ".join(f"{k} {old} -> {new}" for k, (old, new) in changed.items()))
+                group.update(recipe)
     run.last_metrics = dict(state.get("metrics") or {})
+    if run.is_main:
+        _cut_metrics(run, Path(ckpt), state.get("metrics_bytes"))
     log.info("resumed from %s (phase %s, step %d)", ckpt, state["phase"], state["step"])
     return state
+
+
+def _cut_metrics(run: Run, ckpt: Path, size: int | None) -> None:
+    """Truncate this run's ``metrics.jsonl`` to ``size`` bytes (its length at the checkpoint);
+    a checkpoint of another directory, or a shorter file, is left alone."""
+    log_file = run.out_dir / "metrics.jsonl"
+    if size is None or not log_file.is_file() or log_file.stat().st_size <= size:
+        return
+    if ckpt.resolve().parent != (run.out_dir / "checkpoints").resolve():
+        return
+    with open(log_file, "r+b") as f:
+        f.truncate(size)
+    log.info("%s: dropped the records written after %s (they are written again)", log_file,
+             ckpt.name)
 
 
 # --------------------------------------------------------------------------------------------
