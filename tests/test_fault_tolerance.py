@@ -251,6 +251,30 @@ def test_signal_saves_checkpoint_and_resume_reproduces(tmp_path, monkeypatch, ca
     _assert_resume_reproduces(_rows(reference), out, algorithm, phase, ckpt, k, caplog)
 
 
+@pytest.mark.parametrize("algorithm, function, k", [
+    ("mle", "mle_step", 3), ("relgan", "g_step", 3), ("seqgan", "g_step", 3),
+    ("vae", "vae_step", 3),
+])
+def test_stop_inside_a_logging_window_resumes_the_same_records(tmp_path, monkeypatch, caplog,
+                                                              algorithm, function, k):
+    """With ``log_every=2`` a stop after step 3 leaves step 3's stats unlogged; the checkpoint
+    carries them, so the resumed run's step-4 record averages steps 3 and 4 as the
+    uninterrupted run's does."""
+    import importlib
+
+    caplog.set_level("INFO", logger="textgan")
+    extra = ("train.log_every=2",)
+    reference = tmp_path / "full"
+    assert _train(algorithm, reference, *extra) == 0
+    out = tmp_path / "stopped"
+    with monkeypatch.context() as mp:
+        _signal_on_call(mp, importlib.import_module(f"textgan.train.{algorithm}"), function, k,
+                        signal.SIGTERM)
+        assert _train(algorithm, out, *extra) == 130
+    assert _train(algorithm, out, *extra, "resume=auto") == 0
+    assert _rows(out) == _rows(reference)
+
+
 def test_second_signal_aborts_at_once_and_keeps_the_last_checkpoint(tmp_path, monkeypatch,
                                                                       capsys, caplog):
     from textgan.train import mle
@@ -386,6 +410,8 @@ def _poison(monkeypatch, module, name: str, call: int, key: str | None, value: f
     ("mle", "mle_step", 3, None, math.nan, "mle", 3, ["step_2"]),
     ("relgan", "g_step", 3, "g_loss", math.nan, "adversarial", 3, ["step_3", "step_5"]),
     ("relgan", "d_step", 4, "d_loss", math.inf, "adversarial", 2, ["step_3"]),
+    # the first of step 2's two D updates: caught at step 2, not one step late
+    ("relgan", "d_step", 3, "d_loss", math.nan, "adversarial", 2, ["step_3"]),
     ("seqgan", "g_step", 2, "g_loss", -math.inf, "adversarial", 2, ["step_2", "step_4"]),
     ("seqgan", "d_step", 1, "d_loss", math.nan, "d_pretrain", 1, ["step_2"]),
     ("vae", "vae_step", 3, "neg_elbo", math.nan, "vae", 3, ["step_2"]),

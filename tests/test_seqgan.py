@@ -295,7 +295,7 @@ def test_seqgan_trains_through_cli_and_resumes_exactly(tmp_path):
     assert ckpts == ["step_2", "step_4", "step_6", "step_8"]
     state = torch.load(full / "checkpoints" / "step_8" / "trainer_state.pt", weights_only=True)
     assert state["phase"] == "adversarial" and state["step"] == 4
-    assert set(state["extra"]) == {"baseline", "rollout"}
+    assert set(state["extra"]) == {"baseline", "rollout", "window"}
     assert (full / "samples" / "adversarial_step4.txt").is_file()
     # resume mid-adversarial (step_6) and from the end of D pre-training (step_4)
     for keep in ("step_6", "step_4"):

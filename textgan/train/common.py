@@ -86,8 +86,11 @@ class Run:
 
 
 def make_run(cfg: RecipeConfig) -> Run:
-    """Create the Accelerator, load the corpus (vocabulary from the checkpoint when resuming),
-    prepare the output directory and write the resolved config."""
+    """Create the Accelerator and load the corpus (vocabulary from the checkpoint when resuming).
+
+    Nothing is written yet: the trainer builds its models (which may still reject the recipe)
+    and then calls :func:`start_outputs`, so a bad recipe leaves no half-made run directory.
+    """
     from accelerate import Accelerator
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -106,24 +109,18 @@ def make_run(cfg: RecipeConfig) -> Run:
         corpus = load_corpus(cfg.data, vocab=vocab)
     if resume_from is not None:
         check_compatible(resume_from, cfg, corpus)
-    if accelerator.is_main_process:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out_dir / "config.yaml")
-        write_meta(out_dir, cfg, corpus)
     # Model initialisation is seeded by the recipe (same weights on every process).
     torch.manual_seed(cfg.seed)
-    tb = None
     if accelerator.is_main_process and cfg.eval.tensorboard:
         try:
-            from torch.utils.tensorboard import SummaryWriter
+            from torch.utils import tensorboard  # noqa: F401
         except ImportError:
             raise ValueError(
                 "`eval.tensorboard: true` needs the tensorboard package (pip install "
                 "tensorboard); metrics.jsonl is always written"
             ) from None
-        tb = SummaryWriter(str(out_dir / "tensorboard"))
     run = Run(cfg=cfg, accelerator=accelerator, corpus=corpus, out_dir=out_dir,
-              resume_from=resume_from, tb_writer=tb)
+              resume_from=resume_from, tb_writer=None)
     _install_signal_handlers(run)
     return run
 
@@ -179,6 +176,20 @@ def check_launch(accelerator) -> None:
         )
 
 
+def start_outputs(run: Run) -> None:
+    """Create the output directory, write ``config.yaml`` / ``meta.json`` (main process) and the
+    optional TensorBoard writer; trainers call it once their models are built."""
+    if run.accelerator.is_main_process:
+        run.out_dir.mkdir(parents=True, exist_ok=True)
+        save_config(run.cfg, run.out_dir / "config.yaml")
+        write_meta(run.out_dir, run.cfg, run.corpus)
+        if run.cfg.eval.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            run.tb_writer = SummaryWriter(str(run.out_dir / "tensorboard"))
+    run.accelerator.wait_for_everyone()
+
+
 def _install_signal_handlers(run: Run) -> None:
     """SIGINT/SIGTERM set ``run.interrupted``: the loop finishes its step, saves a checkpoint
     and raises :class:`Interrupted`. A second signal aborts at once (``KeyboardInterrupt``);
@@ -222,8 +233,19 @@ def build_generator(cfg: RecipeConfig, corpus: Corpus):
     G = build(name, **kwargs)
     init_from = cfg.generator.get("init_from")
     if init_from:
-        ckpt = find_checkpoint(Path(init_from), "auto") if Path(init_from).is_dir() and \
-            not (Path(init_from) / STATE_FILE).exists() else Path(init_from)
+        path = Path(init_from)
+        if not path.exists():
+            raise ValueError(f"`generator.init_from` '{init_from}' does not exist; give a run "
+                             "directory or one of its checkpoints/step_<N> directories")
+        ckpt = path
+        if path.is_dir() and not (path / STATE_FILE).exists():
+            try:
+                ckpt = find_checkpoint(path, "auto")
+            except (FileNotFoundError, ValueError):
+                raise ValueError(
+                    f"`generator.init_from` '{init_from}' has no complete checkpoint; give a "
+                    "run directory with checkpoints/step_<N> or one of those directories"
+                ) from None
         load_model_weights(G, ckpt, index=0)
         log.info("generator initialised from %s", ckpt)
     return G
@@ -762,6 +784,16 @@ def _plain(v):
     if isinstance(v, float):
         return round(v, 6)
     return v
+
+
+def last_update(updates: list[dict]) -> dict:
+    """The metrics of the last of several updates in one step, except that a value that was
+    non-finite in *any* of them is kept, so :func:`check_finite` sees a NaN from an earlier
+    D update too (not one step late)."""
+    out = dict(updates[-1])
+    for metrics in updates[:-1]:
+        out.update({k: v for k, v in metrics.items() if not math.isfinite(v)})
+    return out
 
 
 def check_finite(run: Run, step: int, phase: str, losses: dict) -> None:

@@ -43,7 +43,8 @@ class MLEConfig:
     def __post_init__(self):
         for name in ("steps", "log_every", "checkpoint_every"):
             if getattr(self, name) < (0 if name == "steps" else 1):
-                raise ValueError(f"`{name}` must be positive, got {getattr(self, name)}")
+                bound = ">= 0" if name == "steps" else ">= 1"
+                raise ValueError(f"`{name}` must be {bound}, got {getattr(self, name)}")
         if self.batch_size < 1:
             raise ValueError(f"`batch_size` must be >= 1, got {self.batch_size}")
         if self.grad_accum < 1 or self.batch_size % self.grad_accum:
@@ -108,18 +109,20 @@ def mle_step(run: C.Run, G, opt, step: int, cfg: MLEConfig, data: Tensor,
 
 
 def run_mle(run: C.Run, G, opt, cfg: MLEConfig, *, phase: str = "mle", start_step: int = 0,
-            ckpt_offset: int = 0) -> int:
+            ckpt_offset: int = 0, window: list | None = None) -> int:
     """The MLE loop from ``start_step`` to ``cfg.steps``; evaluates, logs and checkpoints.
 
     Checkpoint directories are named by ``ckpt_offset + step`` so that several phases of one
-    run sort in order. Returns the final step.
+    run sort in order. ``window``: the losses of the steps since the last log record, as saved
+    in the checkpoint being resumed (so the next record averages the same steps as the
+    uninterrupted run). Returns the final step.
     """
     data = run.corpus.train
     G.train()
     C.num_blocks(run, cfg.rng_blocks, cfg.batch_size, cfg.grad_accum)  # fail before step 1
     bar = C.progress(run, cfg.steps, start_step, phase)
     step = start_step
-    losses = []
+    losses = list(window or [])
     while step < cfg.steps:
         C.set_step_seed(run, phase, step)
         loss = mle_step(run, G, opt, step, cfg, data, phase)
@@ -137,7 +140,8 @@ def run_mle(run: C.Run, G, opt, cfg: MLEConfig, *, phase: str = "mle", start_ste
             bar.write(f"[{phase} {step}] " + " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
         stop = C.stop_requested(run)
         if step % cfg.checkpoint_every == 0 or step == cfg.steps or stop:
-            C.save_checkpoint(run, step, phase, keep_last=cfg.keep_last, offset=ckpt_offset)
+            C.save_checkpoint(run, step, phase, {"window": losses}, keep_last=cfg.keep_last,
+                              offset=ckpt_offset)
         if stop:
             bar.close()
             raise C.Interrupted(run.out_dir, phase, step)
@@ -149,12 +153,14 @@ def train(cfg) -> MLEResult:
     """``textgan train`` entry point for ``algorithm: mle``."""
     run = C.make_run(cfg)
     G = C.build_generator(cfg, run.corpus)
+    C.start_outputs(run)
     opt = make_optimizer(G.parameters(), cfg.train)
     G, opt = run.accelerator.prepare(G, opt)
-    start = 0
+    start, window = 0, None
     if run.resume_from is not None:
-        start = C.load_checkpoint(run, run.resume_from)["step"]
-    step = run_mle(run, G, opt, cfg.train, phase="mle", start_step=start)
+        state = C.load_checkpoint(run, run.resume_from)
+        start, window = state["step"], (state.get("extra") or {}).get("window")
+    step = run_mle(run, G, opt, cfg.train, phase="mle", start_step=start, window=window)
     ckpts = C.checkpoint_dirs(run.out_dir)
     run.accelerator.end_training()
     return MLEResult(step, dict(run.last_metrics), str(ckpts[-1]) if ckpts else None)

@@ -210,6 +210,7 @@ def train(cfg) -> RelGANResult:
     run = C.make_run(cfg)
     acc, corpus, tc = run.accelerator, run.corpus, cfg.train
     G, D = C.build_models(cfg, corpus, "relgan_cnn")
+    C.start_outputs(run)
     baseline = S.EMABaseline(tc.baseline_beta).to(acc.device)
     opt_pre = mle.make_optimizer(G.parameters(), cfg.pretrain)
     opt_g = torch.optim.Adam(G.parameters(), lr=tc.g_lr)
@@ -217,23 +218,30 @@ def train(cfg) -> RelGANResult:
     G, D, opt_pre, opt_g, opt_d = acc.prepare(G, D, opt_pre, opt_g, opt_d)
 
     pre_steps = cfg.pretrain.steps
-    pre_start, adv_start = 0, 0
+    pre_start, adv_start, window = 0, 0, None
     if run.resume_from is not None:
         state = C.load_checkpoint(run, run.resume_from)
+        window = (state.get("extra") or {}).get("window")
         if state["phase"] == "pretrain":
             pre_start = state["step"]
         else:
             pre_start, adv_start = pre_steps, state["step"]
             baseline.load_state_dict(state["extra"]["baseline"])
     if pre_start < pre_steps:
-        mle.run_mle(run, G, opt_pre, cfg.pretrain, phase="pretrain", start_step=pre_start)
-    step = adversarial(run, G, D, opt_g, opt_d, baseline, adv_start, ckpt_offset=pre_steps)
+        mle.run_mle(run, G, opt_pre, cfg.pretrain, phase="pretrain", start_step=pre_start,
+                    window=window)
+        window = None
+    step = adversarial(run, G, D, opt_g, opt_d, baseline, adv_start, ckpt_offset=pre_steps,
+                       window=window)
     ckpts = C.checkpoint_dirs(run.out_dir)
     acc.end_training()
     return RelGANResult(step, dict(run.last_metrics), str(ckpts[-1]) if ckpts else None)
 
 
-def adversarial(run: C.Run, G, D, opt_g, opt_d, baseline, start: int, ckpt_offset: int) -> int:
+def adversarial(run: C.Run, G, D, opt_g, opt_d, baseline, start: int, ckpt_offset: int,
+                window: list | None = None) -> int:
+    """Adversarial steps ``start .. adv_steps``; ``window``: the per-step stats since the last log
+    record, from the checkpoint being resumed."""
     cfg, tc, corpus, acc = run.cfg, run.cfg.train, run.corpus, run.accelerator
     tau_of = S.temperature_schedule(cfg.sampler.schedule, beta_max=cfg.sampler.beta_max,
                                     total_steps=max(tc.adv_steps, 2), rate=cfg.sampler.anneal_rate,
@@ -246,7 +254,7 @@ def adversarial(run: C.Run, G, D, opt_g, opt_d, baseline, start: int, ckpt_offse
     C.num_blocks(run, tc.rng_blocks, tc.batch_size)  # a bad setting fails before step 1
     per_step = tc.g_steps + tc.d_steps  # real batches consumed per adversarial step
     bar = C.progress(run, tc.adv_steps, start, "adversarial")
-    step, window = start, []
+    step, window = start, list(window or [])
     while step < tc.adv_steps:
         C.set_step_seed(run, "adversarial", step)
         blocks = C.row_blocks(run, tc.rng_blocks, "adversarial", step, tc.batch_size)
@@ -254,15 +262,16 @@ def adversarial(run: C.Run, G, D, opt_g, opt_d, baseline, start: int, ckpt_offse
         g.train()
         d.train()
         with acc.autocast():
+            gms, dms = [], []
             for k in range(tc.g_steps):
                 real = C.local_batch(run, corpus.train, step * per_step + k, tc.batch_size)
-                gm = g_step(g, d, opt_g, real, tau, tc, baseline=baseline, blocks=blocks,
-                            gather=gather, **kw)
+                gms.append(g_step(g, d, opt_g, real, tau, tc, baseline=baseline, blocks=blocks,
+                                  gather=gather, **kw))
             for k in range(tc.d_steps):
                 real = C.local_batch(run, corpus.train, step * per_step + tc.g_steps + k,
                                      tc.batch_size)
-                dm = d_step(g, d, opt_d, real, tau, tc, blocks=blocks, **kw)
-        stats = C.mean_over_processes(run, {**gm, **dm})
+                dms.append(d_step(g, d, opt_d, real, tau, tc, blocks=blocks, **kw))
+        stats = C.mean_over_processes(run, {**C.last_update(gms), **C.last_update(dms)})
         C.check_finite(run, step, "adversarial", stats)
         window.append(stats)
         step += 1
@@ -280,7 +289,8 @@ def adversarial(run: C.Run, G, D, opt_g, opt_d, baseline, start: int, ckpt_offse
                       + " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
         stop = C.stop_requested(run)
         if step % tc.checkpoint_every == 0 or step == tc.adv_steps or stop:
-            C.save_checkpoint(run, step, "adversarial", {"baseline": baseline.state_dict()},
+            C.save_checkpoint(run, step, "adversarial", {"baseline": baseline.state_dict(),
+                                                         "window": window},
                               tc.keep_last, offset=ckpt_offset)
         if stop:
             bar.close()

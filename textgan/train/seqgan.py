@@ -410,6 +410,7 @@ def train(cfg) -> SeqGANResult:
     run = C.make_run(cfg)
     acc, corpus, tc = run.accelerator, run.corpus, cfg.train
     G, D = C.build_models(cfg, corpus, "seqgan_cnn")
+    C.start_outputs(run)
     G_roll = make_rollout_policy(G).to(acc.device)
     ema = S.EMABaseline(tc.baseline_beta).to(acc.device)
     opt_pre = mle.make_optimizer(G.parameters(), cfg.pretrain)
@@ -419,9 +420,10 @@ def train(cfg) -> SeqGANResult:
 
     pre_steps, dpre_steps = cfg.pretrain.steps, tc.d_pretrain_steps
     pre_start = dpre_start = adv_start = 0
-    rollout_state = None
+    rollout_state = window = None
     if run.resume_from is not None:
         state = C.load_checkpoint(run, run.resume_from)
+        window = (state.get("extra") or {}).get("window")  # stats since the last log record
         phase_step = state["step"]  # the step within its phase (directories add an offset)
         if state["phase"] == "pretrain":
             pre_start = phase_step
@@ -432,14 +434,17 @@ def train(cfg) -> SeqGANResult:
             ema.load_state_dict(state["extra"]["baseline"])
             rollout_state = state["extra"]["rollout"]
     if pre_start < pre_steps:
-        mle.run_mle(run, G, opt_pre, cfg.pretrain, phase="pretrain", start_step=pre_start)
+        mle.run_mle(run, G, opt_pre, cfg.pretrain, phase="pretrain", start_step=pre_start,
+                    window=window)
+        window = None
     if dpre_start < dpre_steps:
-        d_pretrain(run, G, D, opt_d, dpre_start, ckpt_offset=pre_steps)
+        d_pretrain(run, G, D, opt_d, dpre_start, ckpt_offset=pre_steps, window=window)
+        window = None
     # the rollout policy starts as the pre-trained G (or continues from its checkpoint)
     G_roll.load_state_dict(rollout_state if rollout_state is not None
                            else acc.unwrap_model(G).state_dict())
     step = adversarial(run, G, G_roll, D, opt_g, opt_d, ema, adv_start,
-                       ckpt_offset=pre_steps + dpre_steps)
+                       ckpt_offset=pre_steps + dpre_steps, window=window)
     ckpts = C.checkpoint_dirs(run.out_dir)
     acc.end_training()
     return SeqGANResult(step, dict(run.last_metrics), str(ckpts[-1]) if ckpts else None)
@@ -456,14 +461,15 @@ def _mean(window: list[dict]) -> dict:
     return {k: sum(w[k] for w in window) / len(window) for k in window[0]}
 
 
-def d_pretrain(run: C.Run, G, D, opt_d, start: int, ckpt_offset: int) -> int:
+def d_pretrain(run: C.Run, G, D, opt_d, start: int, ckpt_offset: int,
+               window: list | None = None) -> int:
     """Phase ``d_pretrain``: D on real batches against fresh samples of the pre-trained G."""
     tc, corpus, acc = run.cfg.train, run.corpus, run.accelerator
     g, d = acc.unwrap_model(G), acc.unwrap_model(D)
     kw = _kwargs(run, [(d, opt_d)])
     C.num_blocks(run, tc.rng_blocks, tc.batch_size)  # a bad setting fails before step 1
     bar = C.progress(run, tc.d_pretrain_steps, start, "d_pretrain")
-    step, window = start, []
+    step, window = start, list(window or [])
     while step < tc.d_pretrain_steps:
         C.set_step_seed(run, "d_pretrain", step)
         blocks = C.row_blocks(run, tc.rng_blocks, "d_pretrain", step, tc.batch_size)
@@ -482,7 +488,8 @@ def d_pretrain(run: C.Run, G, D, opt_d, start: int, ckpt_offset: int) -> int:
             window = []
         stop = C.stop_requested(run)
         if step % tc.checkpoint_every == 0 or step == tc.d_pretrain_steps or stop:
-            C.save_checkpoint(run, step, "d_pretrain", None, tc.keep_last, offset=ckpt_offset)
+            C.save_checkpoint(run, step, "d_pretrain", {"window": window}, tc.keep_last,
+                              offset=ckpt_offset)
         if stop:
             bar.close()
             raise C.Interrupted(run.out_dir, "d_pretrain", step)
@@ -492,7 +499,7 @@ def d_pretrain(run: C.Run, G, D, opt_d, start: int, ckpt_offset: int) -> int:
 
 
 def adversarial(run: C.Run, G, G_roll, D, opt_g, opt_d, ema, start: int,
-                ckpt_offset: int) -> int:
+                ckpt_offset: int, window: list | None = None) -> int:
     cfg, tc, corpus, acc = run.cfg, run.cfg.train, run.corpus, run.accelerator
     g, d = acc.unwrap_model(G), acc.unwrap_model(D)
     G_roll.eval()
@@ -506,21 +513,22 @@ def adversarial(run: C.Run, G, G_roll, D, opt_g, opt_d, ema, start: int,
     gather = C.gather_rows(run)
     C.num_blocks(run, tc.rng_blocks, tc.batch_size)  # a bad setting fails before step 1
     bar = C.progress(run, tc.adv_steps, start, "adversarial")
-    step, window = start, []
+    step, window = start, list(window or [])
     while step < tc.adv_steps:
         C.set_step_seed(run, "adversarial", step)
         blocks = C.row_blocks(run, tc.rng_blocks, "adversarial", step, tc.batch_size)
         g.train()
         d.train()
         with acc.autocast():
+            gms, dms = [], []
             for _ in range(tc.g_steps):
-                gm = g_step(g, G_roll, d, opt_g, local_bs, corpus.seq_len, tc, ema=ema,
-                            gather=gather, blocks=blocks, **kw)
+                gms.append(g_step(g, G_roll, d, opt_g, local_bs, corpus.seq_len, tc, ema=ema,
+                                  gather=gather, blocks=blocks, **kw))
                 update_rollout(G_roll, g, tc.rollout_update_rate)
             for k in range(tc.d_steps):
                 real = C.local_batch(run, corpus.train, step * tc.d_steps + k, tc.batch_size)
-                dm = d_step(g, d, opt_d, real, tc, blocks=blocks, **kw)
-        stats = C.mean_over_processes(run, {**gm, **dm})
+                dms.append(d_step(g, d, opt_d, real, tc, blocks=blocks, **kw))
+        stats = C.mean_over_processes(run, {**C.last_update(gms), **C.last_update(dms)})
         C.check_finite(run, step, "adversarial", stats)
         window.append(stats)
         step += 1
@@ -537,7 +545,8 @@ def adversarial(run: C.Run, G, G_roll, D, opt_g, opt_d, ema, start: int,
                       + " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
         stop = C.stop_requested(run)
         if step % tc.checkpoint_every == 0 or step == tc.adv_steps or stop:
-            extra = {"baseline": ema.state_dict(), "rollout": _tensor_state(G_roll)}
+            extra = {"baseline": ema.state_dict(), "rollout": _tensor_state(G_roll),
+                     "window": window}
             C.save_checkpoint(run, step, "adversarial", extra, tc.keep_last, offset=ckpt_offset)
         if stop:
             bar.close()

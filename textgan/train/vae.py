@@ -368,24 +368,27 @@ def train(cfg) -> VAEResult:
                     "from an MLE run with generator.init_from instead")
     decoder = C.build_generator(cfg, corpus)
     vae = build_vae(cfg, corpus.vocab_size, corpus.start_token, corpus.pad, decoder=decoder)
+    C.start_outputs(run)
     ema = S.EMABaseline(tc.baseline_beta).to(acc.device)
     betas = tuple(tc.betas) if tc.betas else (0.9, 0.999)
     opt = torch.optim.Adam(vae.parameters(), lr=tc.lr, betas=betas)
     vae, opt = acc.prepare(vae, opt)
-    start = 0
+    start, window = 0, None
     if run.resume_from is not None:
         state = C.load_checkpoint(run, run.resume_from)
-        start = state["step"]
+        start, window = state["step"], state["extra"].get("window")
         if "ema" in state["extra"]:
             ema.load_state_dict(state["extra"]["ema"])
-    step = run_vae(run, vae, opt, ema, start)
+    step = run_vae(run, vae, opt, ema, start, window=window)
     ckpts = C.checkpoint_dirs(run.out_dir)
     acc.end_training()
     return VAEResult(step, dict(run.last_metrics), str(ckpts[-1]) if ckpts else None)
 
 
-def run_vae(run: C.Run, vae, opt, ema: S.EMABaseline, start: int) -> int:
-    """The VAE loop from ``start`` to ``train.steps``; evaluates, logs and checkpoints."""
+def run_vae(run: C.Run, vae, opt, ema: S.EMABaseline, start: int,
+            window: list | None = None) -> int:
+    """The VAE loop from ``start`` to ``train.steps``; evaluates, logs and checkpoints.
+    ``window``: the per-step stats since the last log record, from the resumed checkpoint."""
     cfg, tc, corpus, acc = run.cfg, run.cfg.train, run.corpus, run.accelerator
     sc = cfg.sampler
     tau_of = S.temperature_schedule(sc.schedule, beta_max=sc.beta_max,
@@ -399,7 +402,7 @@ def run_vae(run: C.Run, vae, opt, ema: S.EMABaseline, start: int) -> int:
               gather=acc.gather if multi else None, autocast=acc.autocast)
     C.num_blocks(run, tc.rng_blocks, tc.batch_size, tc.grad_accum)  # fail before step 1
     bar = C.progress(run, tc.steps, start, PHASE)
-    step, window = start, []
+    step, window = start, list(window or [])
     while step < tc.steps:
         C.set_step_seed(run, PHASE, step)
         blocks = C.row_blocks(run, tc.rng_blocks, PHASE, step, tc.batch_size, tc.grad_accum)
@@ -423,8 +426,8 @@ def run_vae(run: C.Run, vae, opt, ema: S.EMABaseline, start: int) -> int:
                       + " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
         stop = C.stop_requested(run)
         if step % tc.checkpoint_every == 0 or step == tc.steps or stop:
-            C.save_checkpoint(run, step, PHASE, {"step": step, "ema": ema.state_dict()},
-                              tc.keep_last)
+            C.save_checkpoint(run, step, PHASE, {"step": step, "ema": ema.state_dict(),
+                                                 "window": window}, tc.keep_last)
         if stop:
             bar.close()
             raise C.Interrupted(run.out_dir, PHASE, step)
