@@ -258,6 +258,23 @@ def test_resume_with_another_vocabulary_or_algorithm_leaves_the_run_untouched(
     assert _snapshot(out) == before  # config.yaml, meta.json, metrics, checkpoints unchanged
 
 
+def test_resume_with_other_vae_sizes_is_a_clear_error_and_leaves_the_run_untouched(
+        tmp_path, capsys):
+    vae = [*TINY, "train.latent_classes=4", "train.encoder_embed_dim=8",
+           "train.encoder_hidden_dim=8", "train.eval_sentences=32", "train.checkpoint_every=2"]
+    out = tmp_path / "vae"
+    assert main(["train", str(RECIPES / "vae" / "oracle.yaml"), f"output_dir={out}", *vae,
+                 "train.latent_vars=3", "train.steps=2"]) == 0
+    before = _snapshot(out)
+    ckpt = out / "checkpoints" / "step_2"
+    assert _error(capsys, "vae/oracle.yaml", out, *vae, "train.latent_vars=4", "train.steps=4",
+                  "resume=auto") == (
+        f"model shape mismatch on resume: checkpoint '{ckpt}' has to_logits.weight of shape "
+        f"[12, 16], the recipe builds [16, 16]; resume with the checkpoint's settings (its "
+        f"run's config.yaml) or start a new `output_dir`")
+    assert _snapshot(out) == before
+
+
 # --------------------------------------------------------------------------------------------
 # Other commands
 # --------------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import signal
 import time
@@ -725,6 +726,16 @@ def load_checkpoint(run: Run, ckpt: Path) -> dict:
         state = torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=True)
     except Exception as e:  # is_complete passed, but a file's content is damaged
         first = (str(e).splitlines() or [""])[0]
+        shape = re.search(r"size mismatch for ([\w.]+): copying a param with shape "
+                          r"torch.Size\((\[[^]]*\])\) from checkpoint, the shape in current "
+                          r"model is torch.Size\((\[[^]]*\])\)", str(e))
+        if shape:  # the recipe builds other model sizes (e.g. VAE train.latent_vars)
+            name, saved, now = shape.groups()
+            raise ValueError(
+                f"model shape mismatch on resume: checkpoint '{ckpt}' has {name} of shape "
+                f"{saved}, the recipe builds {now}; resume with the checkpoint's settings (its "
+                f"run's config.yaml) or start a new `output_dir`"
+            ) from None
         raise TrainingError(
             f"checkpoint '{ckpt}' could not be loaded ({type(e).__name__}: {first}); move it "
             f"away to resume from the previous one, or drop `resume`"

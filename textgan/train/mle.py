@@ -153,13 +153,13 @@ def train(cfg) -> MLEResult:
     """``textgan train`` entry point for ``algorithm: mle``."""
     run = C.make_run(cfg)
     G = C.build_generator(cfg, run.corpus)
-    C.start_outputs(run)
     opt = make_optimizer(G.parameters(), cfg.train)
     G, opt = run.accelerator.prepare(G, opt)
     start, window = 0, None
     if run.resume_from is not None:
         state = C.load_checkpoint(run, run.resume_from)
         start, window = state["step"], (state.get("extra") or {}).get("window")
+    C.start_outputs(run)  # after the resume checks: a refused resume writes nothing
     step = run_mle(run, G, opt, cfg.train, phase="mle", start_step=start, window=window)
     ckpts = C.checkpoint_dirs(run.out_dir)
     run.accelerator.end_training()

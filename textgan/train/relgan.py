@@ -210,7 +210,6 @@ def train(cfg) -> RelGANResult:
     run = C.make_run(cfg)
     acc, corpus, tc = run.accelerator, run.corpus, cfg.train
     G, D = C.build_models(cfg, corpus, "relgan_cnn")
-    C.start_outputs(run)
     baseline = S.EMABaseline(tc.baseline_beta).to(acc.device)
     opt_pre = mle.make_optimizer(G.parameters(), cfg.pretrain)
     opt_g = torch.optim.Adam(G.parameters(), lr=tc.g_lr)
@@ -227,6 +226,7 @@ def train(cfg) -> RelGANResult:
         else:
             pre_start, adv_start = pre_steps, state["step"]
             baseline.load_state_dict(state["extra"]["baseline"])
+    C.start_outputs(run)  # after the resume checks: a refused resume writes nothing
     if pre_start < pre_steps:
         mle.run_mle(run, G, opt_pre, cfg.pretrain, phase="pretrain", start_step=pre_start,
                     window=window)

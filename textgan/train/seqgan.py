@@ -410,7 +410,6 @@ def train(cfg) -> SeqGANResult:
     run = C.make_run(cfg)
     acc, corpus, tc = run.accelerator, run.corpus, cfg.train
     G, D = C.build_models(cfg, corpus, "seqgan_cnn")
-    C.start_outputs(run)
     G_roll = make_rollout_policy(G).to(acc.device)
     ema = S.EMABaseline(tc.baseline_beta).to(acc.device)
     opt_pre = mle.make_optimizer(G.parameters(), cfg.pretrain)
@@ -433,6 +432,7 @@ def train(cfg) -> SeqGANResult:
             pre_start, dpre_start, adv_start = pre_steps, dpre_steps, phase_step
             ema.load_state_dict(state["extra"]["baseline"])
             rollout_state = state["extra"]["rollout"]
+    C.start_outputs(run)  # after the resume checks: a refused resume writes nothing
     if pre_start < pre_steps:
         mle.run_mle(run, G, opt_pre, cfg.pretrain, phase="pretrain", start_step=pre_start,
                     window=window)

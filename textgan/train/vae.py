@@ -368,7 +368,6 @@ def train(cfg) -> VAEResult:
                     "from an MLE run with generator.init_from instead")
     decoder = C.build_generator(cfg, corpus)
     vae = build_vae(cfg, corpus.vocab_size, corpus.start_token, corpus.pad, decoder=decoder)
-    C.start_outputs(run)
     ema = S.EMABaseline(tc.baseline_beta).to(acc.device)
     betas = tuple(tc.betas) if tc.betas else (0.9, 0.999)
     opt = torch.optim.Adam(vae.parameters(), lr=tc.lr, betas=betas)
@@ -379,6 +378,7 @@ def train(cfg) -> VAEResult:
         start, window = state["step"], state["extra"].get("window")
         if "ema" in state["extra"]:
             ema.load_state_dict(state["extra"]["ema"])
+    C.start_outputs(run)  # after the resume checks: a refused resume writes nothing
     step = run_vae(run, vae, opt, ema, start, window=window)
     ckpts = C.checkpoint_dirs(run.out_dir)
     acc.end_training()
