@@ -7,6 +7,7 @@ checkpoint (continue with ``resume=auto``).
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from pathlib import Path
@@ -74,7 +75,8 @@ def run(args) -> int:
     except TrainingError as e:
         print(f"textgan train: error: {e}", file=sys.stderr)
         return 1
-    print(f"done: {cfg.output_dir} (step {result.step}) "
-          + " ".join(f"{k}={v:.4f}" for k, v in result.metrics.items()
-                     if isinstance(v, float) and k != "time"))
+    if int(os.environ.get("RANK", "0")) == 0:  # once, not once per launched process
+        print(f"done: {cfg.output_dir} (step {result.step}) "
+              + " ".join(f"{k}={v:.4f}" for k, v in result.metrics.items()
+                         if isinstance(v, float) and k != "time"))
     return 0
