@@ -34,6 +34,26 @@ def test_gumbel_noise_is_standard_gumbel():
     assert stats.kstest(g[:20000].numpy(), stats.gumbel_r.cdf).pvalue > 1e-3
 
 
+def test_inverse_cdf_matches_softmax_chi_square_and_never_draws_zero_probability():
+    logits = LOGITS.clone()
+    logits[0] = -math.inf  # probability 0, first in the CDF: u = 0 must not pick it
+    tokens = S.inverse_cdf(logits.expand(60_000, -1), rng=torch.Generator().manual_seed(1))
+    assert tokens.dtype == torch.long and tokens.shape == (60_000,)
+    assert (tokens != 0).all() and tokens.max() < len(LOGITS)
+    probs = torch.softmax(logits, -1)[1:]  # the chi-square over the tokens 1..5
+    assert _chi2_pvalue(tokens - 1, probs) > 1e-3
+    # a wrong inversion (off by one token) fails the same test
+    assert _chi2_pvalue(tokens % (len(LOGITS) - 1), probs) < 1e-6
+    G = OracleLSTM.random(seed=2, vocab_size=4, hidden_dim=4, seq_len=6)
+    out = S.sample_sequence(G, 3, 6, draw="inverse_cdf", tokens_only=True,
+                            rng=torch.Generator().manual_seed(0))
+    assert out.tokens.shape == (3, 6)
+    with pytest.raises(ValueError, match="`draw` must be 'gumbel' or 'inverse_cdf', got 'x'"):
+        S.sample_sequence(G, 3, 6, draw="x")
+    with pytest.raises(ValueError, match="needs method='multinomial'"):
+        S.sample_sequence(G, 3, 6, method="gumbel_st", draw="inverse_cdf")
+
+
 def test_gumbel_max_matches_softmax_chi_square():
     logits = LOGITS.expand(60_000, -1)
     tokens = S.gumbel_max(logits, rng=torch.Generator().manual_seed(1))

