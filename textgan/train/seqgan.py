@@ -20,14 +20,15 @@ over the counted tokens (SeqGAN sums; Adam makes the scale immaterial).
 
 Batched rollouts. G_roll runs over the sampled sequences once (``B`` rows, ``T`` steps); after
 consuming ``y_1..y_{P-1}`` its state is repeated ``N`` times (``repeat_state``, rows ``b * N + n``)
-and :func:`textgan.sampling.sample_sequence` (``prefix=``, ``state=``, ``tokens_only=True``:
-no one-hots; ``draw="inverse_cdf"``: exact draws, one uniform per row instead of one Gumbel
-per vocabulary entry, 5x faster at ``V = 5000``) feeds ``y_P`` and draws the ``T - P``
-remaining tokens of all ``B * N`` completions together. Prefix states are never recomputed, so the work is ``B * N * T (T - 1) /
-2`` row-steps in ``T (T - 1) / 2`` batched steps (no loop over rollouts), half of what re-running
-each prefix or a single masked time loop over all ``B * N * (T - 1)`` rows would cost. All ``B * N *
-(T - 1)`` completions plus the ``B`` full samples are then scored by D in eval mode (no dropout, as
-the official code's ``dropout_keep_prob: 1.0``), ``rollout_chunk`` sequences per call.
+and :func:`textgan.sampling.sample_sequence` (``prefix=``, ``state=``, ``tokens_only=True``: no
+one-hots; ``draw="inverse_cdf"``: exact draws, one uniform per row instead of one Gumbel per
+vocabulary entry, 5x faster at ``V = 5000``) feeds ``y_P`` and draws the ``T - P`` remaining tokens
+of all ``B * N`` completions together. Prefix states are never recomputed, so the work is ``B * N *
+T (T - 1) / 2`` row-steps in ``T (T - 1) / 2`` batched steps (no loop over rollouts), half of what
+re-running each prefix or a single masked time loop over all ``B * N * (T - 1)`` rows would cost.
+All ``B * N * (T - 1)`` completions plus the ``B`` full samples are then scored by D in eval mode
+(no dropout, as the official code's ``dropout_keep_prob: 1.0``), ``rollout_chunk`` sequences per
+call.
 
 Rollout policy. A delayed copy of G, as the official code: after every G update
 ``theta_roll <- rate * theta_roll + (1 - rate) * theta_G`` (``rollout_update_rate``, 0.8; the
