@@ -797,6 +797,11 @@ def _plain(v):
     return v
 
 
+def mean_records(window: list[dict]) -> dict:
+    """Key-wise mean of the per-step stats logged as one ``metrics.jsonl`` record."""
+    return {k: sum(w[k] for w in window) / len(window) for k in window[0]}
+
+
 def last_update(updates: list[dict]) -> dict:
     """The metrics of the last of several updates in one step, except that a value that was
     non-finite in *any* of them is kept, so :func:`check_finite` sees a NaN from an earlier

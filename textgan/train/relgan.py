@@ -279,8 +279,7 @@ def adversarial(run: C.Run, G, D, opt_g, opt_d, baseline, start: int, ckpt_offse
         bar.set_postfix(g=f"{stats['g_loss']:.3f}", d=f"{stats['d_loss']:.3f}",
                         tau=f"{tau:.3g}")
         if step % tc.log_every == 0 or step == tc.adv_steps:
-            mean = {k: sum(w[k] for w in window) / len(window) for k in window[0]}
-            C.log_metrics(run, step, "adversarial", {**mean, "tau": tau})
+            C.log_metrics(run, step, "adversarial", {**C.mean_records(window), "tau": tau})
             window = []
         if step % cfg.eval.every == 0 or step == tc.adv_steps:
             metrics = C.evaluate_generator(run, g, step, "adversarial")

@@ -459,10 +459,6 @@ def _kwargs(run: C.Run, pairs) -> dict:
                 backward=acc.backward)
 
 
-def _mean(window: list[dict]) -> dict:
-    return {k: sum(w[k] for w in window) / len(window) for k in window[0]}
-
-
 def d_pretrain(run: C.Run, G, D, opt_d, start: int, ckpt_offset: int,
                window: list | None = None) -> int:
     """Phase ``d_pretrain``: D on real batches against fresh samples of the pre-trained G."""
@@ -486,7 +482,7 @@ def d_pretrain(run: C.Run, G, D, opt_d, start: int, ckpt_offset: int,
         bar.update(1)
         bar.set_postfix(d=f"{dm['d_loss']:.3f}", acc=f"{dm['d_acc']:.2f}")
         if step % tc.log_every == 0 or step == tc.d_pretrain_steps:
-            C.log_metrics(run, step, "d_pretrain", _mean(window))
+            C.log_metrics(run, step, "d_pretrain", C.mean_records(window))
             window = []
         stop = C.stop_requested(run)
         if step % tc.checkpoint_every == 0 or step == tc.d_pretrain_steps or stop:
@@ -538,7 +534,7 @@ def adversarial(run: C.Run, G, G_roll, D, opt_g, opt_d, ema, start: int,
         bar.set_postfix(g=f"{stats['g_loss']:.3f}", d=f"{stats['d_loss']:.3f}",
                         r=f"{stats['reward']:.3f}")
         if step % tc.log_every == 0 or step == tc.adv_steps:
-            C.log_metrics(run, step, "adversarial", _mean(window))
+            C.log_metrics(run, step, "adversarial", C.mean_records(window))
             window = []
         if step % cfg.eval.every == 0 or step == tc.adv_steps:
             metrics = C.evaluate_generator(run, g, step, "adversarial")

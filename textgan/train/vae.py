@@ -416,8 +416,8 @@ def run_vae(run: C.Run, vae, opt, ema: S.EMABaseline, start: int,
         bar.update(1)
         bar.set_postfix(elbo=f"{stats['neg_elbo']:.2f}", tau=f"{tau:.3g}")
         if step % tc.log_every == 0 or step == tc.steps:
-            mean = {k: sum(w[k] for w in window) / len(window) for k in window[0]}
-            C.log_metrics(run, step, PHASE, {**mean, "tau": tau, "kl_weight": beta})
+            C.log_metrics(run, step, PHASE, {**C.mean_records(window), "tau": tau,
+                                             "kl_weight": beta})
             window = []
         if step % cfg.eval.every == 0 or step == tc.steps:
             metrics = evaluate_vae(run, model, step)
