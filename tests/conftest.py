@@ -48,3 +48,13 @@ def shared_data() -> Path:
     if not SHARED.is_dir():
         pytest.skip("../shared/data is not available")
     return SHARED
+
+
+@pytest.fixture
+def one_thread():
+    """torch on one thread for the test, restored afterwards (tiny tensors: extra threads only
+    add contention on a busy machine)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

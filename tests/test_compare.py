@@ -9,13 +9,8 @@ import torch
 from textgan import compare
 from textgan.cli import main
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# Tiny tensors: extra threads only add contention (conftest.one_thread).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _args(argv):

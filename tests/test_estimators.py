@@ -15,14 +15,8 @@ from textgan import estimators as E
 from textgan.compare import SequenceProblem, TinyGRUGenerator, ToyProblem, toy_problems
 from textgan.sampling import sample_sequence
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny tensors: extra threads only add contention (and slow the tests on busy machines).
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# Tiny tensors: extra threads only add contention (conftest.one_thread).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _toys():
