@@ -88,17 +88,54 @@ ENCODERS = ("lstm", "gru")
 # --------------------------------------------------------------------------------------------
 
 
-def kl_uniform(logits: Tensor) -> Tensor:
+def kl_uniform(logits: Tensor, per_variable: bool = False) -> Tensor:
     """``KL(q || uniform)`` summed over the latent variables, in float32.
 
     ``sum_m sum_k q_mk (log q_mk + log K)`` with ``q = softmax(logits)``.
 
     Shape:
-        logits ``(..., M, K)`` -> ``(...)``.
+        logits ``(..., M, K)`` -> ``(...)``, or ``(..., M)`` with ``per_variable=True``.
     """
     logq = F.log_softmax(logits.float(), dim=-1)
     k = logits.shape[-1]
-    return (logq.exp() * (logq + math.log(k))).sum((-1, -2))
+    kl = (logq.exp() * (logq + math.log(k))).sum(-1)
+    return kl if per_variable else kl.sum(-1)
+
+
+def free_bits_kl(logits: Tensor, free_bits: float) -> Tensor:
+    """The KL term the loss sees with *free bits*: ``sum_m max(free_bits, KL_m)`` per sentence.
+
+    Each latent variable's KL counts only above ``free_bits`` nats (Kingma et al. 2016, here
+    per sentence rather than per batch, so the loss stays a mean of per-sentence terms and
+    ``n`` processes equal one): below it the KL has no gradient, so the optimizer cannot
+    buy a lower loss by switching a variable off, the usual road to posterior collapse.
+    ``free_bits = 0`` is the plain KL.
+
+    Shape:
+        logits ``(B, M, K)`` -> ``(B,)`` float32.
+    """
+    if free_bits <= 0:
+        return kl_uniform(logits)
+    return kl_uniform(logits, per_variable=True).clamp_min(free_bits).sum(-1)
+
+
+def drop_words(inputs: Tensor, p: float, unk: int, *, keep_first: bool = True,
+                 pad: int | None = None, rng: torch.Generator | None = None) -> Tensor:
+    """Replace each decoder input token by ``unk`` with probability ``p`` (Bowman et al. 2016).
+
+    The decoder then has to take what it cannot read from its inputs from ``z``.
+    ``keep_first`` keeps column 0 (the start token); ``pad`` positions are left alone.
+    """
+    if p <= 0:
+        return inputs
+    u = torch.rand(inputs.shape, generator=rng,
+                   device=rng.device if rng is not None else inputs.device)
+    drop = u.to(inputs.device) < p
+    if keep_first:
+        drop[:, 0] = False
+    if pad is not None:
+        drop &= inputs != pad
+    return inputs.masked_fill(drop, unk)
 
 
 # --------------------------------------------------------------------------------------------
@@ -191,6 +228,8 @@ class CategoricalTextVAE(nn.Module):
             encoder); None when every position counts (the oracle).
         learned_baseline: build the input-dependent baseline net (``learned`` / ``nvil``).
         baseline_hidden: hidden units of the baseline MLP.
+        unk: the token that word dropout substitutes (the corpus's ``<unk>``); None: word
+            dropout is unavailable (the oracle has no such token).
 
     Raises:
         ValueError: unknown choices, sizes < 1, or a decoder that cannot be conditioned as asked.
@@ -201,7 +240,7 @@ class CategoricalTextVAE(nn.Module):
                  encoder: str = "lstm", decoder: str | nn.Module = "lstm",
                  decoder_kwargs: dict | None = None, condition: str = "both",
                  pad: int | None = None, learned_baseline: bool = False,
-                 baseline_hidden: int = 64):
+                 baseline_hidden: int = 64, unk: int | None = None):
         super().__init__()
         if encoder not in ENCODERS:
             raise ValueError(choice_error("encoder", encoder, ENCODERS))
@@ -227,7 +266,7 @@ class CategoricalTextVAE(nn.Module):
             )
         self.vocab_size, self.start_token = int(vocab_size), int(start_token)
         self.latent_vars, self.latent_classes = int(latent_vars), int(latent_classes)
-        self.condition, self.pad = condition, pad
+        self.condition, self.pad, self.unk = condition, pad, unk
         latent_dim = self.latent_vars * self.latent_classes
 
         # encoder
@@ -419,10 +458,19 @@ class CategoricalTextVAE(nn.Module):
                 logits.append(lg)
         return torch.stack(logits, 1)
 
-    def recon_nll(self, x: Tensor, z: Tensor) -> Tensor:
-        """``-log p(x | z)`` per sentence ``(B,)`` (float32), pad targets excluded."""
+    def recon_nll(self, x: Tensor, z: Tensor, *, word_dropout: float = 0.0,
+                  rng: torch.Generator | None = None) -> Tensor:
+        """``-log p(x | z)`` per sentence ``(B,)`` (float32), pad targets excluded.
+
+        ``word_dropout``: probability of replacing each teacher-forced input token (not the
+        start token) by ``unk`` (training only; needs the model's ``unk``)."""
         start = x.new_full((x.shape[0], 1), self.start_token)
-        logits = self.decode(torch.cat([start, x[:, :-1]], 1), z)
+        inputs = torch.cat([start, x[:, :-1]], 1)
+        if word_dropout > 0:
+            if self.unk is None:
+                raise ValueError("word dropout needs an <unk> token: build the VAE with `unk`")
+            inputs = drop_words(inputs, word_dropout, self.unk, pad=self.pad, rng=rng)
+        logits = self.decode(inputs, z)
         ignore = -100 if self.pad is None else self.pad
         nll = F.cross_entropy(logits.float().flatten(0, 1), x.flatten(), ignore_index=ignore,
                               reduction="none")
@@ -454,7 +502,7 @@ class CategoricalTextVAE(nn.Module):
     # -- the ELBO ----------------------------------------------------------------------------
     def elbo_terms(self, x: Tensor, method: str, tau: float = 1.0,
                    rng: torch.Generator | None = None, *,
-                   logits: Tensor | None = None) -> ELBOTerms:
+                   logits: Tensor | None = None, word_dropout: float = 0.0) -> ELBOTerms:
         """Encode ``x (B, T)``, draw ``z`` by ``method`` and score the reconstruction.
 
         Args:
@@ -462,12 +510,13 @@ class CategoricalTextVAE(nn.Module):
                 pathwise gradient) or ``argmax`` (the posterior mode, for evaluation).
             logits: optional latent logits ``(B, M, K)`` to use instead of the encoder's (tests
                 and gradient studies); the learned baseline is then not evaluated.
+            word_dropout: decoder input word dropout (training; see :meth:`recon_nll`).
         """
         summary = None
         if logits is None:
             summary, logits = self.encode(x)
         z, tokens = self.sample_latent(logits, method, tau, rng)
-        recon = self.recon_nll(x, z)
+        recon = self.recon_nll(x, z, word_dropout=word_dropout, rng=rng)
         kl = kl_uniform(logits)
         log_q = S.categorical_log_prob(logits, tokens).sum(-1)
         baseline = None
@@ -481,7 +530,8 @@ class CategoricalTextVAE(nn.Module):
 
 
 def vae_loss(terms: ELBOTerms, method: str, *, kl_weight: float = 1.0, baseline: str = "ema",
-             ema: S.EMABaseline | None = None, gather=None) -> tuple[Tensor, dict]:
+             ema: S.EMABaseline | None = None, gather=None,
+             free_bits: float = 0.0) -> tuple[Tensor, dict]:
     """The training loss (mean over the rows of ``terms``) and detached statistics.
 
     Relaxed methods: ``mean(recon + kl_weight * kl)``, differentiated pathwise through ``z``.
@@ -493,6 +543,9 @@ def vae_loss(terms: ELBOTerms, method: str, *, kl_weight: float = 1.0, baseline:
         ema: the :class:`~textgan.sampling.EMABaseline` for ``ema`` / ``nvil``.
         gather: optional function gathering a ``(B,)`` tensor over processes, so that every
             process updates its EMA with the same global rewards.
+        free_bits: nats per latent variable below which its KL is not penalised
+            (:func:`free_bits_kl`; 0 = the plain KL). The logged ``kl`` / ``neg_elbo`` are
+            always the true ones; ``kl_loss`` is the term the loss used.
 
     Returns:
         ``(loss, stats)``; ``stats`` holds per-batch means (``neg_elbo``, ``recon``, ``kl`` and,
@@ -501,6 +554,9 @@ def vae_loss(terms: ELBOTerms, method: str, *, kl_weight: float = 1.0, baseline:
     recon, kl = terms.recon, terms.kl
     stats = {"neg_elbo": (recon + kl).mean().detach(), "recon": recon.mean().detach(),
              "kl": kl.mean().detach()}
+    if free_bits > 0:
+        kl = free_bits_kl(terms.logits, free_bits)
+        stats["kl_loss"] = kl.mean().detach()
     if method in ("gumbel_softmax", "gumbel_st"):
         return (recon + kl_weight * kl).mean(), stats
     if method != "score_function":

@@ -25,6 +25,11 @@ Settings (``train:`` section, :class:`VAEConfig`):
       ``generator:`` (``generator.init_from`` starts it from an MLE run). ``pretrain:`` is not
       used.
     * ``kl_warmup``: the KL weight grows linearly from 0 to 1 over that many steps (0: always 1).
+    * against posterior collapse: ``free_bits`` (nats per latent variable whose KL is not
+      penalised, per sentence: :func:`textgan.models.vae.free_bits_kl`) and ``word_dropout``
+      (probability of replacing each teacher-forced decoder input by ``<unk>``, Bowman et al.
+      2016; text corpora only). Both act on training only: evaluation reports the true ELBO
+      without word dropout.
 
 Evaluation every ``eval.every`` steps (and at the end), on the first ``train.eval_sentences``
 test sentences (all by default):
@@ -44,6 +49,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +82,8 @@ class VAEConfig:
     baseline_beta: float = 0.9  # EMA baseline decay
     baseline_hidden: int = 64  # learned / nvil baseline MLP width
     kl_warmup: int = 0  # steps of linear KL warm-up from 0 to 1 (0 = none)
+    free_bits: float = 0.0  # nats per latent variable not penalised (0 = plain KL)
+    word_dropout: float = 0.0  # probability of replacing a decoder input word by <unk>
     latent_vars: int = 20  # M categorical latent variables (Jang et al.: 20)
     latent_classes: int = 10  # K classes each (Jang et al.: 10)
     encoder: str = "lstm"  # lstm | gru (bidirectional)
@@ -119,6 +127,13 @@ class VAEConfig:
             raise ValueError(f"`train.baseline_beta` must be in [0, 1), got {self.baseline_beta}")
         if self.eval_sentences is not None and self.eval_sentences < 2:
             raise ValueError(f"`train.eval_sentences` must be >= 2, got {self.eval_sentences}")
+        if not 0.0 <= self.free_bits < math.log(self.latent_classes):
+            raise ValueError(
+                f"`train.free_bits` must be in [0, log(latent_classes) = "
+                f"{math.log(self.latent_classes):.3f}) nats per variable, got {self.free_bits}"
+            )
+        if not 0.0 <= self.word_dropout < 1.0:
+            raise ValueError(f"`train.word_dropout` must be in [0, 1), got {self.word_dropout}")
         if self.rng_blocks is not None and self.rng_blocks < 1:
             raise ValueError(f"`train.rng_blocks` must be >= 1, got {self.rng_blocks}")
 
@@ -144,14 +159,16 @@ def kl_weight_at(step: int, warmup: int) -> float:
 
 
 def build_vae(cfg, vocab_size: int, start_token: int, pad: int | None,
-              decoder=None) -> V.CategoricalTextVAE:
+              decoder=None, unk: int | None = None) -> V.CategoricalTextVAE:
     """The recipe's VAE; ``decoder`` (e.g. from :func:`textgan.train.common.build_generator`,
-    which honours ``generator.init_from``) replaces building it from ``generator:``."""
+    which honours ``generator.init_from``) replaces building it from ``generator:``; ``unk``
+    is the token word dropout substitutes."""
     tc = cfg.train
     kwargs = dict(latent_vars=tc.latent_vars, latent_classes=tc.latent_classes,
                   embed_dim=tc.encoder_embed_dim, hidden_dim=tc.encoder_hidden_dim,
                   encoder=tc.encoder, condition=tc.condition, pad=pad,
-                  learned_baseline=tc.learned_baseline, baseline_hidden=tc.baseline_hidden)
+                  learned_baseline=tc.learned_baseline, baseline_hidden=tc.baseline_hidden,
+                  unk=unk)
     if decoder is None:
         spec = dict(cfg.generator)
         name = spec.pop("name", "lstm")
@@ -239,11 +256,14 @@ def vae_step(vae: V.CategoricalTextVAE, opt, batch: Tensor, cfg: VAEConfig, *, t
     for mb in batch.chunk(cfg.grad_accum):
         with autocast() if autocast is not None else nullcontext():
             if blocks is None:
-                terms = vae.elbo_terms(mb, cfg.latent_method, tau, rng)
+                terms = vae.elbo_terms(mb, cfg.latent_method, tau, rng,
+                                       word_dropout=cfg.word_dropout)
             else:
-                terms = blocks.map(lambda x: vae.elbo_terms(x, cfg.latent_method, tau), mb)
+                terms = blocks.map(lambda x: vae.elbo_terms(x, cfg.latent_method, tau,
+                                                            word_dropout=cfg.word_dropout), mb)
             loss, stats = V.vae_loss(terms, cfg.latent_method, kl_weight=kl_weight,
-                                     baseline=cfg.baseline, ema=ema, gather=gather)
+                                     baseline=cfg.baseline, ema=ema, gather=gather,
+                                     free_bits=cfg.free_bits)
         weight = mb.shape[0] / n_global
         (backward or Tensor.backward)(loss * (weight * world))
         for k, v in {"loss": loss.detach(), **stats}.items():
@@ -366,8 +386,14 @@ def train(cfg) -> VAEResult:
     if cfg.pretrain is not None and cfg.pretrain != MLEConfig():
         log.warning("the `pretrain:` section is not used by algorithm vae; start the decoder "
                     "from an MLE run with generator.init_from instead")
+    unk = corpus.vocab.unk if corpus.vocab is not None else None
+    if tc.word_dropout > 0 and unk is None:
+        raise ValueError(f"`train.word_dropout` ({tc.word_dropout}) replaces words by <unk>, "
+                         f"and the {cfg.data.name} data has no such token; set "
+                         f"train.word_dropout=0 (or use train.free_bits against collapse)")
     decoder = C.build_generator(cfg, corpus)
-    vae = build_vae(cfg, corpus.vocab_size, corpus.start_token, corpus.pad, decoder=decoder)
+    vae = build_vae(cfg, corpus.vocab_size, corpus.start_token, corpus.pad, decoder=decoder,
+                    unk=unk)
     ema = S.EMABaseline(tc.baseline_beta).to(acc.device)
     betas = tuple(tc.betas) if tc.betas else (0.9, 0.999)
     opt = torch.optim.Adam(vae.parameters(), lr=tc.lr, betas=betas)
