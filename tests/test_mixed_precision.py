@@ -186,3 +186,17 @@ def test_trainer_under_bf16(tmp_path, monkeypatch, fresh_accelerate_state, algor
         a, b = load_file(str(ckpts[0] / name)), load_file(str(ckpts[1] / name))
         assert all(t.dtype == torch.float32 for t in b.values())
         assert any(not torch.equal(a[k], b[k]) for k in a), f"{name} did not change"
+
+
+@pytest.mark.parametrize("native,amx,precision,device,want", [
+    (False, False, "bf16", "cpu", True),
+    (True, False, "bf16", "cpu", False),
+    (False, True, "bf16", "cpu", False),
+    (False, False, "no", "cpu", False),
+    (False, False, "bf16", "cuda", False),
+])
+def test_emulated_bf16_is_detected(monkeypatch, native, amx, precision, device, want):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    acc = SimpleNamespace(mixed_precision=precision, device=torch.device(device))
+    assert C.emulated_bf16(acc) is want

@@ -86,6 +86,15 @@ class Run:
 # --------------------------------------------------------------------------------------------
 
 
+def emulated_bf16(accelerator) -> bool:
+    """True for bf16 autocast on a CPU whose bfloat16 matrix products are not native."""
+    if accelerator.mixed_precision != "bf16" or accelerator.device.type != "cpu":
+        return False
+    cpu = torch.cpu
+    native = getattr(cpu, "_is_avx512_bf16_supported", lambda: True)()
+    return not (native or getattr(cpu, "_is_amx_tile_supported", lambda: False)())
+
+
 def make_run(cfg: RecipeConfig) -> Run:
     """Create the Accelerator and load the corpus (vocabulary from the checkpoint when resuming).
 
@@ -101,6 +110,10 @@ def make_run(cfg: RecipeConfig) -> Run:
     if accelerator.is_main_process:
         log.info("%d process(es) on %s, mixed precision: %s", accelerator.num_processes,
                  accelerator.device.type, accelerator.mixed_precision)
+        if emulated_bf16(accelerator):
+            log.warning("mixed_precision bf16 on a CPU without native bfloat16 (no avx512_bf16 "
+                        "or AMX): matrix products are emulated, often 10-40x slower than "
+                        "float32; set accelerate.mixed_precision=no on this machine")
     out_dir = Path(cfg.output_dir)
     resume_from = find_checkpoint(out_dir, cfg.resume) if cfg.resume else None
     vocab = None
