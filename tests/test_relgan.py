@@ -125,3 +125,18 @@ def test_relgan_on_text(tmp_path, tiny_corpus_dir):
                  *MODELS, "train.adv_steps=2"])
     assert code == 0
     assert any("bleu2" in r and "nll_test" in r for r in _records(out))
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bench_relgan_quick_rows(monkeypatch, native):
+    from textgan import bench
+    from textgan.bench import relgan as rb
+
+    monkeypatch.setattr(rb, "native_bf16", lambda: native)
+    rows = rb.run(quick=True)
+    iters = [r["what"] for r in rows if r["what"].startswith("iteration")]
+    precisions = ("fp32", "bf16") if native else ("fp32",)  # emulated bf16: left out
+    assert iters == [f"iteration 1G+5D ({e}, {p})" for p in precisions
+                     for e in ("gumbel_softmax", "score_function")]
+    assert all(r["seconds"] > 0 for r in rows)
+    assert "native bf16: " in bench.machine()

@@ -320,12 +320,14 @@ def test_seqgan_on_text(tmp_path, tiny_corpus_dir):
     assert any("bleu2" in r and "nll_test" in r for r in _records(out))
 
 
-def test_bench_quick():
-    from textgan.bench.seqgan import run
+@pytest.mark.parametrize("native", [True, False])
+def test_bench_quick(monkeypatch, native):
+    from textgan.bench import seqgan as bench
 
-    rows = run(quick=True)
-    assert [r["implementation"] for r in rows] == ["batched", "batched, bf16 autocast",
-                                                   "per-rollout loop"]
+    monkeypatch.setattr(bench, "native_bf16", lambda: native)
+    rows = bench.run(quick=True)
+    bf16 = ["batched, bf16 autocast"] if native else []  # emulated bf16: row left out
+    assert [r["implementation"] for r in rows] == ["batched", *bf16, "per-rollout loop"]
     assert all(r.keys() == rows[0].keys() for r in rows)
     assert rows[0]["same_in_mc_error"]
 

@@ -4,6 +4,8 @@ Rows are dicts with the same keys; the command prints them as a markdown table h
 exact command line and writes it to ``bench_results/<name>.md`` (or ``--out``).
 """
 
+import platform
+
 BENCHES = {
     "bleu": "textgan.bench.bleu",
     "mle": "textgan.bench.mle",
@@ -27,3 +29,28 @@ def markdown_table(rows: list[dict]) -> str:
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     lines += ["| " + " | ".join(fmt(r.get(k, "")) for k in keys) + " |" for r in rows]
     return "\n".join(lines) + "\n"
+
+
+def native_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 natively (avx512_bf16 or AMX); elsewhere bf16
+    matmuls are emulated and far slower than float32, and the benches skip their bf16 rows."""
+    import torch
+
+    cpu = torch.cpu
+    return bool(getattr(cpu, "_is_avx512_bf16_supported", lambda: False)()
+                or getattr(cpu, "_is_amx_tile_supported", lambda: False)())
+
+
+def machine() -> str:
+    """One line naming the CPU, the thread count and native bf16 support (bench headers)."""
+    import torch
+
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            name = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")),
+                        name)
+    except OSError:
+        pass
+    return (f"{name}, {torch.get_num_threads()} threads, native bf16: "
+            f"{'yes' if native_bf16() else 'no'}")

@@ -6,7 +6,9 @@ Gumbel-Softmax with hard feeding. For scale, TextGAN-PyTorch needs about 31 s pe
 this configuration on the 2-core CPU this toolkit is developed on (figure from the RelGAN issue).
 The profile rows give the share of time of the top operators (torch.profiler, one float32
 iteration). ``bf16`` rows run the same steps under ``torch.autocast("cpu", torch.bfloat16)`` (what
-``mixed_precision: bf16`` does; matmuls in bfloat16, the sampler core in float32).
+``mixed_precision: bf16`` does; matmuls in bfloat16, the sampler core in float32); they are
+left out on CPUs without native bfloat16 (:func:`textgan.bench.native_bf16`), where emulated
+bf16 matmuls are 10-40x slower than float32.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import time
 
 import torch
 
+from textgan.bench import native_bf16
 from textgan.models import build_discriminator, build_generator
 from textgan.sampling import EMABaseline
 from textgan.train.relgan import RelGANConfig, d_step, g_step
@@ -48,7 +51,7 @@ def run(quick: bool = False) -> list[dict]:
     repeats = 1 if quick else 3
     G, D, opt_g, opt_d, real = _setup(V, B, T, hs, reps, nf)
     rows = []
-    for precision in ("fp32", "bf16"):
+    for precision in ("fp32", "bf16") if native_bf16() else ("fp32",):
         for estimator in ("gumbel_softmax", "score_function"):
             cfg = RelGANConfig(estimator=estimator)
             base = EMABaseline()

@@ -18,7 +18,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from textgan.bench import BENCHES, markdown_table
+    from textgan.bench import BENCHES, machine, markdown_table
 
     names = list(BENCHES) if args.name == "all" else [args.name]
     out = Path(args.out)
@@ -36,7 +36,8 @@ def run(args) -> int:
         rows = module.run(quick=args.quick)
         wall = time.perf_counter() - start
         text = (f"## textgan bench {name}\n\nCommand: `{command}`  \n"
-                f"Date: {time.strftime('%Y-%m-%d %H:%M')}, wall time {wall:.1f} s\n\n"
+                f"Date: {time.strftime('%Y-%m-%d %H:%M')}, wall time {wall:.1f} s  \n"
+                f"Machine: {machine()}\n\n"
                 + markdown_table(rows))
         print(text)
         (out / f"{name}.md").write_text(text, encoding="utf-8")
