@@ -81,6 +81,9 @@ CONFIG_ERRORS = [
     ("mle/oracle.yaml", ["seed=1.5"], "`seed` must be of type int, got float 1.5"),
     ("mle/oracle.yaml", ["generator.hidden_dim=big"],
      "`generator.hidden_dim` must be of type int, got str 'big'"),
+    ("mle/oracle.yaml", ["generator.hidden_dim=0"], "`generator.hidden_dim` must be >= 1, got 0"),
+    ("relgan/oracle.yaml", ["discriminator.num_filters=[3,0]"],
+     "`discriminator.num_filters` must be >= 1, got [3, 0]"),
     ("mle/oracle.yaml", ["data=oracle"],
      "`data` must be a section (key: value mapping), got str 'oracle'; set single keys as "
      "data.KEY=VALUE"),

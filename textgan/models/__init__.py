@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import re
 
 from torch import nn
 
@@ -36,8 +37,25 @@ def resolve(registry: dict[str, str], name: str, kind: str = "model") -> type:
     return getattr(importlib.import_module(module), cls)
 
 
+_SIZE_KEY = re.compile(r"(_dim|_size|_slots|_layers|_heads|_rep|_filters)$|^(num|n)_")
+
+
+def check_sizes(kwargs: dict, section: str) -> None:
+    """Sizes (``*_dim``, ``*_size``, ``num_*``, ``n_*``, ... : integers or lists of integers)
+    must be >= 1; the error names the recipe key instead of leaving it to torch."""
+    for key, value in kwargs.items():
+        if not _SIZE_KEY.search(key):
+            continue
+        values = value if isinstance(value, (list, tuple)) else [value]
+        bad = [v for v in values if isinstance(v, int) and not isinstance(v, bool) and v < 1]
+        if bad:
+            raise ValueError(f"`{section}.{key}` must be >= 1, got {value}")
+
+
 def check_kwargs(cls: type, kwargs: dict, section: str) -> None:
-    """Bind ``kwargs`` to ``cls.__init__``; unknown names raise with suggestions."""
+    """Bind ``kwargs`` to ``cls.__init__``; unknown names raise with suggestions; sizes must be
+    >= 1 (:func:`check_sizes`)."""
+    check_sizes(kwargs, section)
     params = inspect.signature(cls.__init__).parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return
