@@ -3,6 +3,9 @@ run in bf16, and the sampler core (samples, one-hots, log-probabilities, rollout
 float32. fp16 needs a GPU; its loss-scaling hook is checked here with a CPU GradScaler."""
 
 import json
+import os
+import subprocess
+import sys
 import math
 from pathlib import Path
 from types import SimpleNamespace
@@ -196,7 +199,57 @@ def test_trainer_under_bf16(tmp_path, monkeypatch, fresh_accelerate_state, algor
     (False, False, "bf16", "cuda", False),
 ])
 def test_emulated_bf16_is_detected(monkeypatch, native, amx, precision, device, want):
+    monkeypatch.setattr("platform.machine", lambda: "x86_64")
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native, raising=False)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
     acc = SimpleNamespace(mixed_precision=precision, device=torch.device(device))
     assert C.emulated_bf16(acc) is want
+
+
+def test_bf16_flags_are_only_read_on_x86(monkeypatch):
+    monkeypatch.setattr("platform.machine", lambda: "aarch64")
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    acc = SimpleNamespace(mixed_precision="bf16", device=torch.device("cpu"))
+    assert C.emulated_bf16(acc) is False
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_run_rnn_is_float32_under_cpu_autocast(cell):
+    from textgan.models.common import run_rnn
+
+    torch.manual_seed(0)
+    rnn = (torch.nn.LSTM if cell == "lstm" else torch.nn.GRU)(6, 5, batch_first=True,
+                                                               bidirectional=True)
+    x = torch.randn(3, 4, 6)
+    packed = torch.nn.utils.rnn.pack_padded_sequence(x, torch.tensor([4, 2, 3]),
+                                                     batch_first=True, enforce_sorted=False)
+    for inp in (x, packed):
+        want_out, want_h = rnn(inp)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out, h = run_rnn(rnn, inp)
+        out = out.data if isinstance(out, torch.nn.utils.rnn.PackedSequence) else out
+        want_out = want_out.data if isinstance(want_out, torch.nn.utils.rnn.PackedSequence) \
+            else want_out
+        assert out.dtype == torch.float32
+        assert torch.equal(out, want_out)
+        h, want_h = (h[0], want_h[0]) if cell == "lstm" else (h, want_h)
+        assert torch.equal(h, want_h)
+
+
+def test_vae_encoder_under_bf16_on_a_cpu_without_native_bf16():
+    """CI's CPU (AVX2 only) rejected a bf16 nn.LSTM; oneDNN is capped to AVX2 here to match."""
+    code = ("import torch\n"
+            "from textgan.models.vae import CategoricalTextVAE\n"
+            "torch.manual_seed(0)\n"
+            "vae = CategoricalTextVAE(vocab_size=12, latent_vars=3, latent_classes=4,"
+            " embed_dim=8, hidden_dim=8, pad=0)\n"
+            "x = torch.randint(1, 12, (4, 5))\n"
+            "with torch.autocast('cpu', dtype=torch.bfloat16):\n"
+            "    summary, logits = vae.encode(x)\n"
+            "print(summary.dtype, tuple(logits.shape))\n")
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["torch.float32", "(4,", "3,", "4)"]

@@ -33,9 +33,13 @@ def markdown_table(rows: list[dict]) -> str:
 
 def native_bf16() -> bool:
     """Whether this CPU multiplies bfloat16 natively (avx512_bf16 or AMX); elsewhere bf16
-    matmuls are emulated and far slower than float32, and the benches skip their bf16 rows."""
+    matmuls are emulated and far slower than float32, and the benches skip their bf16 rows.
+
+    Only x86 CPUs are probed; any other architecture counts as native (no warning, no skip)."""
     import torch
 
+    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686", "x86"):
+        return True
     cpu = torch.cpu
     return bool(getattr(cpu, "_is_avx512_bf16_supported", lambda: False)()
                 or getattr(cpu, "_is_amx_tile_supported", lambda: False)())

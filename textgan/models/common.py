@@ -1,4 +1,4 @@
-"""Helpers shared by the generators: embedding token ids *or* (relaxed) one-hots.
+"""Helpers shared by the models: embedding token ids *or* (relaxed) one-hots; float32 RNNs.
 
 Every generator's ``step`` and ``forward`` accept either discrete token ids (long) or float
 one-hots over the vocabulary (exact, straight-through or Gumbel-Softmax relaxed). A one-hot is
@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-__all__ = ["embed_tokens", "embed_with_weight"]
+__all__ = ["embed_tokens", "embed_with_weight", "run_rnn"]
 
 
 def embed_with_weight(weight: Tensor, x: Tensor) -> Tensor:
@@ -45,3 +45,24 @@ def embed_tokens(embedding: nn.Embedding, x: Tensor) -> Tensor:
         return embedding(x.long())
     return embed_with_weight(embedding.weight, x)
 
+
+
+def run_rnn(rnn: nn.Module, x, state=None):
+    """``rnn(x, state)`` for an ``nn.LSTM`` / ``nn.GRU``; under CPU autocast it runs in float32.
+
+    PyTorch's oneDNN LSTM kernel takes autocast's bfloat16 only on CPUs with native bfloat16
+    (avx512_bf16 / AMX); elsewhere it fails ("could not create a primitive descriptor for the
+    LSTM forward propagation primitive"). GRUs are never autocast on CPU. The layers around the
+    RNN still autocast. ``x`` may be a tensor or a ``PackedSequence``; ``state`` a tensor or an
+    LSTM's ``(h, c)``.
+    """
+    is_packed = isinstance(x, nn.utils.rnn.PackedSequence)
+    device = x.data.device if is_packed else x.device
+    if device.type != "cpu" or not torch.is_autocast_enabled("cpu"):
+        return rnn(x, state)
+    dtype = next(rnn.parameters()).dtype
+    if state is not None:
+        state = (tuple(s.to(dtype) for s in state) if isinstance(state, tuple)
+                 else state.to(dtype))
+    with torch.autocast("cpu", enabled=False):
+        return rnn(x.to(dtype), state)

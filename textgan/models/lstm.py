@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from textgan.models.common import embed_tokens
+from textgan.models.common import embed_tokens, run_rnn
 
 __all__ = ["LSTMGenerator"]
 
@@ -62,17 +62,6 @@ class LSTMGenerator(nn.Module):
                 for p in self.parameters():
                     p.normal_(0.0, init_std)
 
-    def _lstm(self, x: Tensor, state: State | None = None):
-        """``self.lstm``; under CPU autocast it runs in float32 (PyTorch's oneDNN LSTM kernel
-        rejects autocast's bfloat16 on CPU), the output layer still autocasts."""
-        if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
-            with torch.autocast("cpu", enabled=False):
-                dtype = self.lstm.weight_hh_l0.dtype
-                if state is not None:
-                    state = (state[0].to(dtype), state[1].to(dtype))
-                return self.lstm(x.to(dtype), state)
-        return self.lstm(x, state)
-
     # -- generator protocol -------------------------------------------------------------------
     def init_state(self, batch_size: int) -> State:
         w = self.out.weight
@@ -82,12 +71,12 @@ class LSTMGenerator(nn.Module):
     def step(self, x_t: Tensor, state: State) -> tuple[Tensor, State]:
         """One position: ids ``(B,)`` or one-hots ``(B, V)`` -> logits ``(B, V)``, new state."""
         e = embed_tokens(self.embedding, x_t).unsqueeze(1)  # (B, 1, E)
-        h, state = self._lstm(e, state)
+        h, state = run_rnn(self.lstm, e, state)
         return self.out(h[:, 0]), state
 
     def forward(self, inputs: Tensor) -> Tensor:
         """Teacher-forced logits ``(B, T, V)`` for ids ``(B, T)`` or one-hots ``(B, T, V)``."""
-        h, _ = self._lstm(embed_tokens(self.embedding, inputs))
+        h, _ = run_rnn(self.lstm, embed_tokens(self.embedding, inputs))
         return self.out(h)
 
     def repeat_state(self, state: State, n: int) -> State:

@@ -58,6 +58,7 @@ from torch import Tensor, nn
 
 from textgan import sampling as S
 from textgan.errors import choice_error
+from textgan.models.common import run_rnn
 
 __all__ = [
     "LATENT_METHODS",
@@ -342,7 +343,7 @@ class CategoricalTextVAE(nn.Module):
             lengths = self.lengths(x).clamp_min(1).cpu()
             emb = nn.utils.rnn.pack_padded_sequence(emb, lengths, batch_first=True,
                                                     enforce_sorted=False)
-        _, h = self.encoder(emb)
+        _, h = run_rnn(self.encoder, emb)  # float32 under CPU autocast
         if isinstance(h, tuple):  # LSTM: (h_n, c_n)
             h = h[0]
         summary = torch.cat([h[-2], h[-1]], -1)  # last layer, forward and backward
@@ -441,7 +442,7 @@ class CategoricalTextVAE(nn.Module):
         dec = self.decoder
         with self._conditioned(state.bias):
             if isinstance(dec, LSTMGenerator):
-                h, _ = dec.lstm(dec.embedding(inputs), state.inner)
+                h, _ = run_rnn(dec.lstm, dec.embedding(inputs), state.inner)
                 return dec.out(h)
             if _is_hf(dec):
                 emb = dec.model.get_input_embeddings()(inputs)

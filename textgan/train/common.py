@@ -87,12 +87,13 @@ class Run:
 
 
 def emulated_bf16(accelerator) -> bool:
-    """True for bf16 autocast on a CPU whose bfloat16 matrix products are not native."""
+    """True for bf16 autocast on a CPU whose bfloat16 matrix products are not native
+    (:func:`textgan.bench.native_bf16`)."""
+    from textgan.bench import native_bf16
+
     if accelerator.mixed_precision != "bf16" or accelerator.device.type != "cpu":
         return False
-    cpu = torch.cpu
-    native = getattr(cpu, "_is_avx512_bf16_supported", lambda: True)()
-    return not (native or getattr(cpu, "_is_amx_tile_supported", lambda: False)())
+    return not native_bf16()
 
 
 def make_run(cfg: RecipeConfig) -> Run:
