@@ -3,10 +3,10 @@ run in bf16, and the sampler core (samples, one-hots, log-probabilities, rollout
 float32. fp16 needs a GPU; its loss-scaling hook is checked here with a CPU GradScaler."""
 
 import json
+import math
 import os
 import subprocess
 import sys
-import math
 from pathlib import Path
 from types import SimpleNamespace
 
