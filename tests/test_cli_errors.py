@@ -76,6 +76,11 @@ CONFIG_ERRORS = [
      "unknown key 'generator.hiden_dim' for LSTMGenerator; valid keys: ['vocab_size', "
      "'embed_dim', 'hidden_dim', 'num_layers', 'start_token', 'dropout', 'init_std'] "
      "(did you mean 'hidden_dim'?)"),
+    # a misspelt key is reported as unknown even when its value would also be out of range
+    ("mle/oracle.yaml", ["generator.hiden_dim=0"],
+     "unknown key 'generator.hiden_dim' for LSTMGenerator; valid keys: ['vocab_size', "
+     "'embed_dim', 'hidden_dim', 'num_layers', 'start_token', 'dropout', 'init_std'] "
+     "(did you mean 'hidden_dim'?)"),
     # wrong types
     ("mle/oracle.yaml", ["train.steps=ten"], "`train.steps` must be of type int, got str 'ten'"),
     ("mle/oracle.yaml", ["seed=1.5"], "`seed` must be of type int, got float 1.5"),

@@ -130,7 +130,7 @@ def test_cli_text_run_with_both_remedies(tmp_path, tiny_corpus_dir):
         assert code == 0
         return _records(out)
 
-    base = run("base")
+    base = run("base", "train.free_bits=0", "train.word_dropout=0")  # the recipe sets both
     both = run("both", "train.free_bits=0.5", "train.word_dropout=0.4")
     train_rows = [r for r in both if "loss" in r]
     # the floor is active from the first step: kl_loss >= M * free_bits > kl
@@ -139,6 +139,7 @@ def test_cli_text_run_with_both_remedies(tmp_path, tiny_corpus_dir):
     # step 1 starts from the same weights and noise stream: the true KL agrees, the
     # reconstruction differs only through word dropout
     b1 = next(r for r in base if r.get("step") == 1 and "loss" in r)
+    assert "kl_loss" not in b1  # no floor: the KL term is the KL itself
     assert b1["kl"] == pytest.approx(train_rows[0]["kl"], rel=1e-6)
     assert b1["recon"] != train_rows[0]["recon"]
 
@@ -151,3 +152,24 @@ def test_word_dropout_on_the_oracle_is_a_clear_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "`train.word_dropout` (0.3)" in err and "train.free_bits" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_word_dropout_needs_a_tokenizer_with_its_own_unk(tmp_path, tiny_corpus_dir, capsys):
+    """A GPT-2-style tokenizer whose unk is its eos: dropping words to it would feed the
+    end-of-sentence token, so word dropout is refused with the fix."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    text = (tiny_corpus_dir / "train.txt").read_text() + (tiny_corpus_dir / "test.txt").read_text()
+    vocab = {w: i for i, w in enumerate(["[EOS]", *sorted(set(text.split()))])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[EOS]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[EOS]",
+                            eos_token="[EOS]").save_pretrained(str(tmp_path / "tok"))
+    code = main(["train", COCO, f"output_dir={tmp_path / 'o'}", f"data.path={tiny_corpus_dir}",
+                 f"data.tokenizer={tmp_path / 'tok'}", "data.max_len=12", "train.steps=1",
+                 "train.word_dropout=0.3", *TINY])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "`train.word_dropout` (0.3)" in err and "no <unk> of its own" in err
+    assert "train.word_dropout=0" in err

@@ -55,17 +55,16 @@ def check_sizes(kwargs: dict, section: str) -> None:
 def check_kwargs(cls: type, kwargs: dict, section: str) -> None:
     """Bind ``kwargs`` to ``cls.__init__``; unknown names raise with suggestions; sizes must be
     >= 1 (:func:`check_sizes`)."""
-    check_sizes(kwargs, section)
     params = inspect.signature(cls.__init__).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return
-    valid = [p for p in params if p != "self"]
-    for key in kwargs:
-        if key not in valid:
-            raise ValueError(
-                f"unknown key '{section}.{key}' for {cls.__name__}; valid keys: {valid}"
-                f"{did_you_mean(key, valid)}"
-            )
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        valid = [p for p in params if p != "self"]
+        for key in kwargs:
+            if key not in valid:
+                raise ValueError(
+                    f"unknown key '{section}.{key}' for {cls.__name__}; valid keys: {valid}"
+                    f"{did_you_mean(key, valid)}"
+                )
+    check_sizes(kwargs, section)
 
 
 def build_generator(name: str, **kwargs) -> nn.Module:

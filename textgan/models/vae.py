@@ -469,7 +469,8 @@ class CategoricalTextVAE(nn.Module):
         inputs = torch.cat([start, x[:, :-1]], 1)
         if word_dropout > 0:
             if self.unk is None:
-                raise ValueError("word dropout needs an <unk> token: build the VAE with `unk`")
+                raise ValueError(f"`word_dropout` ({word_dropout}) needs an <unk> token: build the "
+                                 f"VAE with `unk` (the vocabulary's <unk> id) or set it to 0")
             inputs = drop_words(inputs, word_dropout, self.unk, pad=self.pad, rng=rng)
         logits = self.decode(inputs, z)
         ignore = -100 if self.pad is None else self.pad
@@ -549,8 +550,9 @@ def vae_loss(terms: ELBOTerms, method: str, *, kl_weight: float = 1.0, baseline:
             always the true ones; ``kl_loss`` is the term the loss used.
 
     Returns:
-        ``(loss, stats)``; ``stats`` holds per-batch means (``neg_elbo``, ``recon``, ``kl`` and,
-        for score_function, ``reward``, ``advantage_std`` and ``baseline_mse``).
+        ``(loss, stats)``; ``stats`` holds per-batch means (``neg_elbo``, ``recon``, ``kl``; with
+        ``free_bits > 0`` also ``kl_loss``, the floored KL before the warm-up weight; for
+        score_function also ``reward``, ``advantage_std`` and ``baseline_mse``).
     """
     recon, kl = terms.recon, terms.kl
     stats = {"neg_elbo": (recon + kl).mean().detach(), "recon": recon.mean().detach(),

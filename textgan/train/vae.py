@@ -386,11 +386,17 @@ def train(cfg) -> VAEResult:
     if cfg.pretrain is not None and cfg.pretrain != MLEConfig():
         log.warning("the `pretrain:` section is not used by algorithm vae; start the decoder "
                     "from an MLE run with generator.init_from instead")
-    unk = corpus.vocab.unk if corpus.vocab is not None else None
+    v = corpus.vocab
+    unk = v.unk if v is not None else None
     if tc.word_dropout > 0 and unk is None:
         raise ValueError(f"`train.word_dropout` ({tc.word_dropout}) replaces words by <unk>, "
                          f"and the {cfg.data.name} data has no such token; set "
                          f"train.word_dropout=0 (or use train.free_bits against collapse)")
+    if tc.word_dropout > 0 and unk in (v.pad, v.bos, v.eos):
+        raise ValueError(f"`train.word_dropout` ({tc.word_dropout}) replaces words by <unk>, but "
+                         f"this tokenizer has no <unk> of its own (its unk id {unk} is the "
+                         f"pad/bos/eos token); set train.word_dropout=0 or use a tokenizer "
+                         f"with an unk token")
     decoder = C.build_generator(cfg, corpus)
     vae = build_vae(cfg, corpus.vocab_size, corpus.start_token, corpus.pad, decoder=decoder,
                     unk=unk)
