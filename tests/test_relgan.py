@@ -140,3 +140,60 @@ def test_bench_relgan_quick_rows(monkeypatch, native):
                      for e in ("gumbel_softmax", "score_function")]
     assert all(r["seconds"] > 0 for r in rows)
     assert "native bf16: " in bench.machine()
+
+
+FAKE_TEXTGAN_PYTORCH = {
+    # the module surface textgan.bench.textgan_pytorch_relgan uses, at toy cost
+    "config.py": "CUDA = True\npadding_idx = 0\nclip_norm = 5.0\n",
+    "models/__init__.py": "",
+    "utils/__init__.py": "",
+    "models/RelGAN_G.py": (
+        "import torch\n"
+        "class RelGAN_G(torch.nn.Module):\n"
+        "    def __init__(self, slots, heads, size, emb, hid, V, T, pad, gpu=False):\n"
+        "        super().__init__()\n"
+        "        self.V, self.T = V, T\n"
+        "        self.logits = torch.nn.Parameter(torch.zeros(T, V))\n"
+        "    def sample(self, n, bs, one_hot=False):\n"
+        "        return torch.softmax(self.logits * self.temperature, -1).expand(n, -1, -1)\n"),
+    "models/RelGAN_D.py": (
+        "import torch\n"
+        "class RelGAN_D(torch.nn.Module):\n"
+        "    def __init__(self, emb, T, reps, V, pad, gpu=False):\n"
+        "        super().__init__()\n"
+        "        self.w = torch.nn.Linear(V, 1)\n"
+        "    def forward(self, x):\n"
+        "        return self.w(x).mean((1, 2))\n"),
+    "utils/helpers.py": (
+        "import torch.nn.functional as F\n"
+        "def get_losses(r, f, kind):\n"
+        "    return F.softplus(r - f).mean(), F.softplus(f - r).mean()\n"),
+}
+
+
+def test_bench_relgan_times_textgan_pytorch_in_the_same_run(tmp_path):
+    from textgan.bench import markdown_table
+    from textgan.bench import relgan as rb
+
+    for name, text in FAKE_TEXTGAN_PYTORCH.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    g, d = rb.textgan_pytorch_times(tmp_path, quick=True)
+    assert g > 0 and d > 0
+    rows = [r for r in rb.run(quick=True, textgan_pytorch=tmp_path) if "profile" not in r["what"]]
+    theirs = rows[-1]
+    assert theirs["what"].startswith("TextGAN-PyTorch iteration 1G+5D (fp32, mean of 2 runs")
+    assert theirs["seconds"] == pytest.approx(theirs["g_step_s"] + 5 * theirs["d_step_s"])
+    for r in rows:
+        assert r["speedup_vs_TextGAN-PyTorch_same_run"] == pytest.approx(
+            theirs["seconds"] / r["seconds"])
+    assert "speedup_vs_TextGAN-PyTorch_same_run" in markdown_table(rows)
+
+
+def test_bench_relgan_rejects_a_directory_that_is_not_textgan_pytorch(tmp_path):
+    from textgan.bench import relgan as rb
+
+    with pytest.raises(FileNotFoundError, match="'.*' is not a TextGAN-PyTorch checkout"):
+        rb.textgan_pytorch_times(tmp_path)
+    assert main(["bench", "bleu", "--quick", "--out", str(tmp_path / "b"),
+                 "--textgan-pytorch", str(tmp_path)]) == 2

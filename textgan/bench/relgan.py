@@ -2,8 +2,11 @@
 
 Setting of RelGAN's synthetic experiment: B=64, T=20, V=5000, RMC generator 1 slot x 2 heads x
 256 (embedding 32), discriminator with 64 representations (filters 2-5 x 300), RSGAN loss,
-Gumbel-Softmax with hard feeding. For scale, TextGAN-PyTorch needs about 31 s per iteration in
-this configuration on the 2-core CPU this toolkit is developed on (figure from the RelGAN issue).
+Gumbel-Softmax with hard feeding. The speed-up column divides TextGAN-PyTorch's time per
+iteration by ours: measured in the same run when ``--textgan-pytorch DIR`` names a checkout of it
+(:mod:`textgan.bench.textgan_pytorch_relgan` is timed in a subprocess before and after our rows,
+with the same thread count, and the mean is used), else the RelGAN issue's 31 s (measured by the
+issue's author on a 2-core CPU; the same-machine figure is the one to quote).
 The profile rows give the share of time of the top operators (torch.profiler, one float32
 iteration). ``bf16`` rows run the same steps under ``torch.autocast("cpu", torch.bfloat16)`` (what
 ``mixed_precision: bf16`` does; matmuls in bfloat16, the sampler core in float32); they are
@@ -13,8 +16,12 @@ bf16 matmuls are 10-40x slower than float32.
 
 from __future__ import annotations
 
+import os
 import resource
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -46,11 +53,33 @@ def _time(fn, repeats):
     return (time.perf_counter() - start) / repeats
 
 
-def run(quick: bool = False) -> list[dict]:
+def textgan_pytorch_times(checkout: str | Path, quick: bool = False) -> tuple[float, float]:
+    """``(G step s, D step s)`` of TextGAN-PyTorch's RelGAN in ``checkout``, timed in a subprocess
+    with this process's torch thread count (:mod:`textgan.bench.textgan_pytorch_relgan`)."""
+    checkout = Path(checkout)
+    if not (checkout / "models" / "RelGAN_D.py").is_file():
+        raise FileNotFoundError(f"`--textgan-pytorch` '{checkout}' is not a TextGAN-PyTorch "
+                                f"checkout (no models/RelGAN_D.py); clone "
+                                f"github.com/williamSYSU/TextGAN-PyTorch and pass its directory")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(checkout.resolve()), str(Path(__file__).resolve().parents[2])])}
+    cmd = [sys.executable, "-m", "textgan.bench.textgan_pytorch_relgan",
+           str(torch.get_num_threads()), *(["--quick"] if quick else [])]
+    proc = subprocess.run(cmd, cwd=checkout, env=env, capture_output=True, text=True)
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or not lines or not lines[-1].startswith("RESULT "):
+        raise RuntimeError(f"timing TextGAN-PyTorch in {checkout} failed (exit "
+                           f"{proc.returncode}):\n{proc.stderr[-2000:]}")
+    g, d = (float(v) for v in lines[-1].split()[1:3])
+    return g, d
+
+
+def run(quick: bool = False, textgan_pytorch: str | Path | None = None) -> list[dict]:
     V, B, T, hs, reps, nf = (500, 16, 10, 32, 8, 16) if quick else (5000, 64, 20, 256, 64, 300)
     repeats = 1 if quick else 3
     G, D, opt_g, opt_d, real = _setup(V, B, T, hs, reps, nf)
     rows = []
+    theirs = [textgan_pytorch_times(textgan_pytorch, quick)] if textgan_pytorch else []
     for precision in ("fp32", "bf16") if native_bf16() else ("fp32",):
         for estimator in ("gumbel_softmax", "score_function"):
             cfg = RelGANConfig(estimator=estimator)
@@ -59,11 +88,21 @@ def run(quick: bool = False) -> list[dict]:
                 t_g = _time(lambda c=cfg, b=base: g_step(G, D, opt_g, real, 0.5, c, baseline=b),
                             repeats)
                 t_d = _time(lambda c=cfg: d_step(G, D, opt_d, real, 0.5, c), repeats)
-            it = t_g + 5 * t_d
-            rows.append({"what": f"iteration 1G+5D ({estimator}, {precision})", "seconds": it,
-                         "g_step_s": t_g, "d_step_s": t_d,
-                         "speedup_vs_TextGAN-PyTorch": TEXTGAN_PYTORCH_S / it if not quick else "",
+            rows.append({"what": f"iteration 1G+5D ({estimator}, {precision})",
+                         "seconds": t_g + 5 * t_d, "g_step_s": t_g, "d_step_s": t_d,
                          "peak_rss_MiB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+    if textgan_pytorch:
+        theirs.append(textgan_pytorch_times(textgan_pytorch, quick))
+        t_g, t_d = (sum(x) / len(theirs) for x in zip(*theirs, strict=True))
+        ref, label = t_g + 5 * t_d, "speedup_vs_TextGAN-PyTorch_same_run"
+        rows.append({"what": "TextGAN-PyTorch iteration 1G+5D (fp32, mean of 2 runs: "
+                             + ", ".join(f"{g + 5 * d:.2f}" for g, d in theirs) + " s)",
+                     "seconds": ref, "g_step_s": t_g, "d_step_s": t_d})
+    else:
+        ref, label = TEXTGAN_PYTORCH_S, "speedup_vs_TextGAN-PyTorch_issue_31s"
+    for row in rows:
+        if not quick or textgan_pytorch:
+            row[label] = ref / row["seconds"]
     rows += _profile(G, D, opt_g, opt_d, real)
     return rows
 

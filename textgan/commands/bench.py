@@ -15,6 +15,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("name", choices=[*BENCHES, "all"], help="which benchmark")
     parser.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
     parser.add_argument("--out", default="bench_results", help="directory for <name>.md")
+    parser.add_argument("--textgan-pytorch", metavar="DIR", default=None,
+                        help="relgan: a TextGAN-PyTorch checkout to time in the same run "
+                             "(the speed-up is then measured, not the issue's 31 s)")
 
 
 def run(args) -> int:
@@ -33,7 +36,11 @@ def run(args) -> int:
                 continue
             raise
         start = time.perf_counter()
-        rows = module.run(quick=args.quick)
+        extra = {"textgan_pytorch": args.textgan_pytorch} if name == "relgan" else {}
+        if args.textgan_pytorch and name != "relgan" and args.name != "all":
+            print(f"--textgan-pytorch is only used by bench relgan, not {name}", file=sys.stderr)
+            return 2
+        rows = module.run(quick=args.quick, **extra)
         wall = time.perf_counter() - start
         text = (f"## textgan bench {name}\n\nCommand: `{command}`  \n"
                 f"Date: {time.strftime('%Y-%m-%d %H:%M')}, wall time {wall:.1f} s  \n"

@@ -1,14 +1,17 @@
 """Time one TextGAN-PyTorch RelGAN adversarial iteration (1 G + 5 D steps) on CPU.
 
+Not imported by textgan: ``textgan bench relgan --textgan-pytorch DIR`` runs this file in a
+subprocess inside a TextGAN-PyTorch checkout (github.com/williamSYSU/TextGAN-PyTorch; never
+fetched by textgan), so that both implementations are timed in the same run on the same machine.
 The steps are those of its instructor (``instructor/oracle_data/relgan_instructor.py``:
 sample one-hots, RSGAN losses, clip, Adam), with random real batches, at the settings of
 ``textgan bench relgan``: B=64, T=20, V=5000, RMC 1 slot x 2 heads x 256 (embedding 32),
-D with 64 representations x filters 2-5 x 300. Run it from a TextGAN-PyTorch checkout
-(github.com/williamSYSU/TextGAN-PyTorch) on the same machine as ``textgan bench relgan``:
+D with 64 representations x filters 2-5 x 300. By hand:
 
-    cd TextGAN-PyTorch && PYTHONPATH=. python /path/to/docs/bench/time_textgan_pytorch_relgan.py 2
+    cd TextGAN-PyTorch && PYTHONPATH=. python -m textgan.bench.textgan_pytorch_relgan 2
 
-(argument: torch threads; ``--quick`` for a smoke test at small sizes.)
+(argument: torch threads; ``--quick`` for a smoke test at small sizes). The last line printed
+is ``RESULT <G step s> <D step s>``.
 """
 
 import importlib
@@ -57,6 +60,7 @@ def main() -> None:
         times[name] = (time.perf_counter() - start) / 2
     print(f"TextGAN-PyTorch RelGAN ({threads} threads): G step {times['G']:.2f} s, "
           f"D step {times['D']:.2f} s, iteration 1G+5D {times['G'] + 5 * times['D']:.2f} s")
+    print(f"RESULT {times['G']:.6f} {times['D']:.6f}")
 
 
 if __name__ == "__main__":
