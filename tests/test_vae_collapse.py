@@ -173,3 +173,22 @@ def test_word_dropout_needs_a_tokenizer_with_its_own_unk(tmp_path, tiny_corpus_d
     err = capsys.readouterr().err
     assert "`train.word_dropout` (0.3)" in err and "no <unk> of its own" in err
     assert "train.word_dropout=0" in err
+
+
+def test_text_resume_with_both_remedies_reproduces_the_uninterrupted_run(tmp_path,
+                                                                         tiny_corpus_dir):
+    """Word dropout draws its masks from the checkpointed noise stream: 2 steps + resume to 4
+    log exactly the records of 4 steps in one go."""
+    def run(out, steps, *extra):
+        assert main(["train", COCO, f"output_dir={out}", f"data.path={tiny_corpus_dir}",
+                     "data.max_len=12", f"train.steps={steps}", "eval.every=2",
+                     "train.checkpoint_every=2", "train.kl_warmup=0", "train.free_bits=0.5",
+                     "train.word_dropout=0.4", *TINY, *extra]) == 0
+        return {r["step"]: {k: v for k, v in r.items() if k != "time"}
+                for r in _records(out) if "loss" in r}
+
+    full = run(tmp_path / "full", 4)
+    run(tmp_path / "part", 2)
+    part = run(tmp_path / "part", 4, "resume=auto")
+    assert [full[s] for s in (3, 4)] == [part[s] for s in (3, 4)]
+    assert full[3]["kl_loss"] > 0 and full[3] != full[4]
