@@ -94,6 +94,10 @@ CONFIG_ERRORS = [
      "data.KEY=VALUE"),
     ("mle/oracle.yaml", ["train.betas=[0.9]"],
      "`train.betas` must be two numbers in [0, 1) (Adam's), e.g. [0.9, 0.999], got [0.9]"),
+    ("vae/oracle.yaml", ["sampler.method=score_function"],
+     "`sampler.method` must be one of ['multinomial', 'gumbel_softmax', 'gumbel_st'], got "
+     "'score_function'; the score-function estimator is chosen by train.estimator (RelGAN) or "
+     "train.latent_method (VAE)"),
     # temperatures
     ("relgan/oracle.yaml", ["sampler.tau=0"], "`sampler.tau` must be > 0, got 0.0"),
     ("vae/oracle.yaml", ["sampler.tau=-1"], "`sampler.tau` must be > 0, got -1.0"),

@@ -52,7 +52,9 @@ class SamplerConfig:
         from textgan import sampling
 
         if self.method not in sampling.METHODS:
-            raise ValueError(choice_error("sampler.method", self.method, sampling.METHODS))
+            hint = ("; the score-function estimator is chosen by train.estimator (RelGAN) or "
+                    "train.latent_method (VAE)" if self.method == "score_function" else "")
+            raise ValueError(choice_error("sampler.method", self.method, sampling.METHODS) + hint)
         if self.schedule not in sampling.SCHEDULES:
             raise ValueError(choice_error("sampler.schedule", self.schedule, sampling.SCHEDULES))
         if self.feed not in ("hard", "soft"):
