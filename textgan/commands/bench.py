@@ -23,6 +23,9 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from textgan.bench import BENCHES, machine, markdown_table
 
+    if args.textgan_pytorch and args.name not in ("relgan", "all"):
+        print(f"--textgan-pytorch is only used by bench relgan, not {args.name}", file=sys.stderr)
+        return 2
     names = list(BENCHES) if args.name == "all" else [args.name]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -37,9 +40,6 @@ def run(args) -> int:
             raise
         start = time.perf_counter()
         extra = {"textgan_pytorch": args.textgan_pytorch} if name == "relgan" else {}
-        if args.textgan_pytorch and name != "relgan" and args.name != "all":
-            print(f"--textgan-pytorch is only used by bench relgan, not {name}", file=sys.stderr)
-            return 2
         rows = module.run(quick=args.quick, **extra)
         wall = time.perf_counter() - start
         text = (f"## textgan bench {name}\n\nCommand: `{command}`  \n"
