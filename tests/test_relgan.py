@@ -118,6 +118,14 @@ def test_relgan_estimators_run_through_cli(tmp_path, estimator):
     assert len([r for r in _records(tmp_path / estimator) if "g_loss" in r]) == 2
 
 
+def test_shared_highway_through_cli_and_a_bad_value(tmp_path, capsys):
+    assert _train(tmp_path / "shared", "train.adv_steps=2", "discriminator.highway=shared") == 0
+    assert len([r for r in _records(tmp_path / "shared") if "g_loss" in r]) == 2
+    assert _train(tmp_path / "bad", "train.adv_steps=2", "discriminator.highway=tied") == 2
+    err = capsys.readouterr().err
+    assert "highway must be 'separate' (official RelGAN) or 'shared'" in err and "'tied'" in err
+
+
 def test_relgan_on_text(tmp_path, tiny_corpus_dir):
     out = tmp_path / "text"
     code = main(["train", str(REPO / "recipes" / "relgan" / "coco.yaml"), f"output_dir={out}",
@@ -136,8 +144,10 @@ def test_bench_relgan_quick_rows(monkeypatch, native):
     rows = rb.run(quick=True)
     iters = [r["what"] for r in rows if r["what"].startswith("iteration")]
     precisions = ("fp32", "bf16") if native else ("fp32",)  # emulated bf16: left out
-    assert iters == [f"iteration 1G+5D ({e}, {p})" for p in precisions
-                     for e in ("gumbel_softmax", "score_function")]
+    official, shared = "official D", "TextGAN-PyTorch's D: shared highway"
+    assert iters == [f"iteration 1G+5D ({e}, {p}, {d})" for p in precisions
+                     for e, d in (("gumbel_softmax", official), ("score_function", official),
+                                  ("gumbel_softmax", shared))]
     assert all(r["seconds"] > 0 for r in rows)
     assert "native bf16: " in bench.machine()
 

@@ -237,6 +237,22 @@ def test_conv_max_pool_matches_eager_and_passes_gradcheck(B_, T, R, d, n, f):
     assert torch.autograd.gradgradcheck(fn, (emb, w))
 
 
+def test_max_over_time_equals_max_with_ties_and_nan():
+    """The channels-last max-pool gives ``max(dim=1)``'s values and first-maximum indices, also
+    for tied scores (repeated tokens give equal windows) and NaN."""
+    from textgan.models.discriminators import _max_over_time
+
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randint(0, 3, (4, 6, 5, 7), generator=g).float()  # many ties
+    scores[0, 2, 1, 3] = float("nan")
+    values, index = _max_over_time(scores)
+    ref = scores.max(dim=1)
+    assert torch.equal(values.nan_to_num(-1.0), ref.values.nan_to_num(-1.0))
+    assert torch.equal(index, ref.indices)
+    assert index[0, 1, 3] == 2 and values[0, 1, 3].isnan()
+    assert values.shape == (4, 5, 7) and index.dtype == torch.long
+
+
 def test_conv_max_pool_chunks_give_the_same_result(monkeypatch):
     from textgan.models import discriminators as Dm
 
@@ -259,3 +275,25 @@ def test_fast_dropout_keeps_the_expected_fraction_and_scale():
     assert torch.equal(drop.eval()(y), y)
     with pytest.raises(ValueError, match=r"dropout must be in \[0, 1\), got 1.0"):
         Dropout(1.0)
+
+
+def test_shared_highway_is_textgan_pytorchs_forward():
+    """``highway="shared"``: TextGAN-PyTorch's RelGAN_D head, written out as in its code."""
+    D = _small_relgan(highway="shared").eval()
+    sep = _small_relgan().eval()
+    F_ = sum(D.num_filters)
+    hw = D.highway
+    assert hw.gate is None and hw.lin.bias is not None and sep.highway.lin.bias is None
+    n_params = sum(p.numel() for p in D.parameters())
+    assert sum(p.numel() for p in sep.parameters()) - n_params == F_ * F_ - F_  # one matrix less
+    with torch.no_grad():
+        hw.lin.bias.normal_()
+    ids = _ids(7)
+    pred = D.features(ids)
+    a = pred @ hw.lin.weight.t() + hw.lin.bias
+    ref = torch.sigmoid(a) * F.relu(a) + (1.0 - torch.sigmoid(a)) * pred
+    ref = D.out(D.hidden(ref)).squeeze(-1)
+    assert torch.allclose(D(ids), ref, atol=1e-6)
+    assert torch.allclose(D(F.one_hot(ids, V).float()), ref, atol=1e-6)
+    with pytest.raises(ValueError, match="highway must be 'separate'.*got 'both'"):
+        _small_relgan(highway="both")

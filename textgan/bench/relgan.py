@@ -33,12 +33,12 @@ from textgan.train.relgan import RelGANConfig, d_step, g_step
 TEXTGAN_PYTORCH_S = 31.0  # s per 1 G + 5 D iteration, measured by the issue author on this CPU
 
 
-def _setup(V, B, T, head_size, reps, filters):
+def _setup(V, B, T, head_size, reps, filters, highway="separate"):
     torch.manual_seed(0)
     G = build_generator("rmc", vocab_size=V, embed_dim=32, mem_slots=1, num_heads=2,
                         head_size=head_size)
     D = build_discriminator("relgan_cnn", vocab_size=V, embed_dim=64, num_rep=reps,
-                            num_filters=(filters,) * 4)
+                            num_filters=(filters,) * 4, highway=highway)
     opt_g = torch.optim.Adam(G.parameters(), lr=1e-4)
     opt_d = torch.optim.Adam(D.parameters(), lr=1e-4)
     real = torch.randint(0, V, (B, T), generator=torch.Generator().manual_seed(0))
@@ -51,6 +51,13 @@ def _time(fn, repeats):
     for _ in range(repeats):
         fn()
     return (time.perf_counter() - start) / repeats
+
+
+def _step_times(G, D, opt_g, opt_d, real, estimator: str, repeats: int) -> tuple[float, float]:
+    """Seconds per G step and per D step (in the caller's autocast context)."""
+    cfg, base = RelGANConfig(estimator=estimator), EMABaseline()
+    t_g = _time(lambda: g_step(G, D, opt_g, real, 0.5, cfg, baseline=base), repeats)
+    return t_g, _time(lambda: d_step(G, D, opt_d, real, 0.5, cfg), repeats)
 
 
 def textgan_pytorch_times(checkout: str | Path, quick: bool = False) -> tuple[float, float]:
@@ -77,18 +84,19 @@ def textgan_pytorch_times(checkout: str | Path, quick: bool = False) -> tuple[fl
 def run(quick: bool = False, textgan_pytorch: str | Path | None = None) -> list[dict]:
     V, B, T, hs, reps, nf = (500, 16, 10, 32, 8, 16) if quick else (5000, 64, 20, 256, 64, 300)
     repeats = 1 if quick else 3
-    G, D, opt_g, opt_d, real = _setup(V, B, T, hs, reps, nf)
+    models = {hw: _setup(V, B, T, hs, reps, nf, hw) for hw in ("separate", "shared")}
     rows = []
     theirs = [textgan_pytorch_times(textgan_pytorch, quick)] if textgan_pytorch else []
+    # the official D (separate highway matrices) with both estimators, and TextGAN-PyTorch's own
+    # D (one shared highway matrix): the like-for-like configuration of its timing
+    cases = [("separate", "gumbel_softmax"), ("separate", "score_function"),
+             ("shared", "gumbel_softmax")]
     for precision in ("fp32", "bf16") if native_bf16() else ("fp32",):
-        for estimator in ("gumbel_softmax", "score_function"):
-            cfg = RelGANConfig(estimator=estimator)
-            base = EMABaseline()
+        for highway, estimator in cases:
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-                t_g = _time(lambda c=cfg, b=base: g_step(G, D, opt_g, real, 0.5, c, baseline=b),
-                            repeats)
-                t_d = _time(lambda c=cfg: d_step(G, D, opt_d, real, 0.5, c), repeats)
-            rows.append({"what": f"iteration 1G+5D ({estimator}, {precision})",
+                t_g, t_d = _step_times(*models[highway], estimator, repeats)
+            label = "official D" if highway == "separate" else "TextGAN-PyTorch's D: shared highway"
+            rows.append({"what": f"iteration 1G+5D ({estimator}, {precision}, {label})",
                          "seconds": t_g + 5 * t_d, "g_step_s": t_g, "d_step_s": t_d,
                          "peak_rss_MiB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
     if textgan_pytorch:
@@ -103,7 +111,7 @@ def run(quick: bool = False, textgan_pytorch: str | Path | None = None) -> list[
     for row in rows:
         if not quick or textgan_pytorch:
             row[label] = ref / row["seconds"]
-    rows += _profile(G, D, opt_g, opt_d, real)
+    rows += _profile(*models["separate"])
     return rows
 
 
