@@ -265,7 +265,8 @@ class RelGANDiscriminator(nn.Module):
         highway: ``"separate"`` (default, the official code: gate and transform matrices, no
             biases) or ``"shared"`` (TextGAN-PyTorch's discriminator: one ``Linear(F, F)`` with
             bias as both, see :class:`Highway`; half the highway's cost, which is most of a D
-            step on CPU; ``textgan bench relgan`` times both).
+            step on CPU; ``textgan bench relgan`` times both). Only the structure is
+            TextGAN-PyTorch's: the initialisation is the official one below (bias zero).
 
     Shapes:
         ``forward``: ids ``(B, T)`` or one-hots ``(B, T, V)`` -> logits ``(B, num_rep)``; the GAN
