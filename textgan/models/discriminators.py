@@ -112,8 +112,7 @@ class _ConvMaxPool(torch.autograd.Function):
             win = _windows(emb, f)
             parts = [_max_over_time(torch.matmul(win[s:s + chunk], wt))
                      for s in range(0, B, chunk)]
-        values = torch.cat([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]  # (B, R, n)
-        index = torch.cat([p[1] for p in parts]) if len(parts) > 1 else parts[0][1]
+        values, index = (torch.cat(x) for x in zip(*parts, strict=True))  # (B, R, n) each
         ctx.save_for_backward(emb, weight, index)
         ctx.f = f
         return values  # (B, R, n)
@@ -216,9 +215,8 @@ class Highway(nn.Module):
 
     def __init__(self, dim: int, bias: bool = True, shared: bool = False):
         super().__init__()
-        self.shared = bool(shared)
         self.lin = nn.Linear(dim, dim, bias=bias)
-        self.gate = None if self.shared else nn.Linear(dim, dim, bias=bias)
+        self.gate = None if shared else nn.Linear(dim, dim, bias=bias)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.gate is None:
