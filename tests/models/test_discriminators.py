@@ -263,16 +263,25 @@ def test_conv_max_pool_chunks_give_the_same_result(monkeypatch):
     assert torch.equal(D(x), full)
 
 
-def test_fast_dropout_keeps_the_expected_fraction_and_scale():
+@pytest.mark.parametrize("p", [0.25, 0.5, 0.3])  # byte masks (256 p integer) and a float mask
+def test_fast_dropout_keeps_the_expected_fraction_and_scale(p):
     from textgan.models.discriminators import Dropout
 
     torch.manual_seed(0)
-    drop = Dropout(0.25).train()
-    y = drop(torch.ones(200_000))
-    kept = (y > 0).double().mean().item()
-    assert abs(kept - 0.75) < 4 * (0.75 * 0.25 / 200_000) ** 0.5  # 4 sigma
-    assert torch.all((y == 0) | torch.isclose(y, torch.tensor(1 / 0.75)))
+    drop = Dropout(p).train()
+    n = 400_000
+    y = drop(torch.ones(n))
+    sigma = (p * (1 - p) / n) ** 0.5
+    assert abs((y > 0).double().mean().item() - (1 - p)) < 4 * sigma
+    # each of the 8 bytes of a 64-bit draw is uniform (a sign-free draw would bias the top byte)
+    lanes = (y > 0).double().view(-1, 8).mean(0)
+    assert torch.all((lanes - (1 - p)).abs() < 4 * sigma * 8**0.5), lanes
+    assert torch.all((y == 0) | torch.isclose(y, torch.tensor(1 / (1 - p))))
     assert torch.equal(drop.eval()(y), y)
+    x = torch.randn(3, 5, 7, requires_grad=True)
+    out = drop.train()(x)
+    out.sum().backward()
+    assert torch.equal(x.grad, (out != 0).float() / (1 - p))  # gradient passes the same mask
     with pytest.raises(ValueError, match=r"dropout must be in \[0, 1\), got 1.0"):
         Dropout(1.0)
 

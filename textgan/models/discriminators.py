@@ -130,7 +130,8 @@ class _ConvMaxPool(torch.autograd.Function):
         if K <= Tp:  # gather the winning windows: B*R*n*K values
             ix = index.unsqueeze(-1).expand(B, R, n, K)
             if ctx.needs_input_grad[1]:
-                grad_w = torch.einsum("brn,brnk->nk", grad, win.gather(2, ix))
+                # a product and a sum: einsum's bmm over n copies every (b, r) slice (~4x slower)
+                grad_w = (grad.unsqueeze(-1) * win.gather(2, ix)).sum((0, 1))
             if ctx.needs_input_grad[0]:
                 grad_win = win.new_zeros(B, R, Tp, K).scatter_add(2, ix, grad.unsqueeze(-1) * w)
         else:  # dense scatter of the pooled gradient: B*R*T'*n values
@@ -189,8 +190,14 @@ def _check_filters(filter_sizes, num_filters) -> tuple[tuple[int, ...], tuple[in
 
 
 class Dropout(nn.Dropout):
-    """``nn.Dropout`` with the mask drawn as ``rand >= p``: same distribution, ~3x faster on CPU
-    than ``bernoulli_`` for the discriminators' ``(B, R, 1200)`` activations."""
+    """``nn.Dropout`` with a cheaper mask on CPU, from the same distribution.
+
+    When ``256 p`` is an integer (RelGAN's and SeqGAN's ``p = 0.25``), an element is kept when a
+    uniform random byte is ``>= 256 p``, which has probability exactly ``1 - p``; the bytes come
+    from one 64-bit draw per 8 elements, ~2x faster than ``rand_like`` with the discriminators'
+    ``(B, R, 1200)`` activations (whose float draw is one per element, and ~3x faster than
+    ``bernoulli_``). Other ``p``: the mask is ``rand >= p``.
+    """
 
     def __init__(self, p: float):
         if not 0.0 <= p < 1.0:
@@ -200,7 +207,15 @@ class Dropout(nn.Dropout):
     def forward(self, x: Tensor) -> Tensor:
         if not self.training or self.p == 0.0:
             return x
-        return x * torch.rand_like(x).ge_(self.p).mul_(1.0 / (1.0 - self.p))
+        threshold = self.p * 256
+        if threshold == int(threshold):
+            n = x.numel()
+            words = torch.empty((n + 7) // 8, dtype=torch.int64, device=x.device)
+            random = words.random_(torch.iinfo(torch.int64).min, None).view(torch.uint8)
+            keep = random[:n].view(x.shape).ge(int(threshold))
+        else:
+            keep = torch.rand_like(x).ge_(self.p)
+        return x * keep.to(x.dtype).mul_(1.0 / (1.0 - self.p))
 
 
 class Highway(nn.Module):
