@@ -219,9 +219,14 @@ def test_seqgan_l2_loss_is_tf_l2_loss_of_output_layer():
     (3, 7, 4, 2, 5, 2),
     (2, 6, 1, 4, 3, 5),  # wide windows (K > T'): dense branch, SeqGAN's case
 ])
-def test_conv_max_pool_matches_eager_and_passes_gradcheck(B_, T, R, d, n, f):
+@pytest.mark.parametrize("backward_rows", ["all", "one"])  # gather branch: rows per chunk
+def test_conv_max_pool_matches_eager_and_passes_gradcheck(B_, T, R, d, n, f, backward_rows,
+                                                          monkeypatch):
+    from textgan.models import discriminators as Dm
     from textgan.models.discriminators import _ConvMaxPool, _windows
 
+    if backward_rows == "one":
+        monkeypatch.setattr(Dm, "_BACKWARD_CHUNK_ELEMENTS", 1)
     torch.manual_seed(0)
     emb = torch.randn(B_, T, R, d, dtype=torch.double, requires_grad=True)
     w = torch.randn(n, 1, f, d, dtype=torch.double, requires_grad=True)
@@ -237,20 +242,21 @@ def test_conv_max_pool_matches_eager_and_passes_gradcheck(B_, T, R, d, n, f):
     assert torch.autograd.gradgradcheck(fn, (emb, w))
 
 
-def test_max_over_time_equals_max_with_ties_and_nan():
+@pytest.mark.parametrize("R", [5, 8])  # index by division / by a shift (R a power of two)
+def test_max_over_time_equals_max_with_ties_and_nan(R):
     """The channels-last max-pool gives ``max(dim=1)``'s values and first-maximum indices, also
     for tied scores (repeated tokens give equal windows) and NaN."""
     from textgan.models.discriminators import _max_over_time
 
     g = torch.Generator().manual_seed(0)
-    scores = torch.randint(0, 3, (4, 6, 5, 7), generator=g).float()  # many ties
+    scores = torch.randint(0, 3, (4, 6, R, 7), generator=g).float()  # many ties
     scores[0, 2, 1, 3] = float("nan")
     values, index = _max_over_time(scores)
     ref = scores.max(dim=1)
     assert torch.equal(values.nan_to_num(-1.0), ref.values.nan_to_num(-1.0))
     assert torch.equal(index, ref.indices)
     assert index[0, 1, 3] == 2 and values[0, 1, 3].isnan()
-    assert values.shape == (4, 5, 7) and index.dtype == torch.long
+    assert values.shape == (4, R, 7) and index.dtype == torch.long
 
 
 def test_conv_max_pool_chunks_give_the_same_result(monkeypatch):
@@ -306,3 +312,34 @@ def test_shared_highway_is_textgan_pytorchs_forward():
     assert torch.allclose(D(F.one_hot(ids, V).float()), ref, atol=1e-6)
     with pytest.raises(ValueError, match="highway must be 'separate'.*got 'both'"):
         _small_relgan(highway="both")
+
+
+def test_relgan_head_is_the_two_linear_layers_with_their_gradients():
+    """``forward`` applies hidden and out as one composed vector (both are linear in the official
+    code): the same logits and the same gradient for every parameter and the input as
+    ``out(hidden(dropout(highway(features))))``, dropout mask included (same seed)."""
+    D = _small_relgan(dropout=0.5).double().train()
+    with torch.no_grad():
+        for p in (D.hidden.bias, D.out.bias):
+            p.normal_()
+    x = _relaxed(7).double().requires_grad_(True)
+
+    def grads(logits):
+        g = torch.Generator().manual_seed(1)
+        w = torch.randn(logits.shape, generator=g, dtype=logits.dtype)
+        return torch.autograd.grad((logits * w).sum(), (x, *D.parameters()))
+
+    torch.manual_seed(3)
+    got = D(x)
+    got_grads = grads(got)
+    torch.manual_seed(3)
+    want = D.out(D.hidden(D.dropout(D.highway(D.features(x))))).squeeze(-1)
+    want_grads = grads(want)
+    assert got.shape == (B, 4)
+    assert torch.allclose(got, want, atol=1e-12, rtol=0)
+    for (name, _), a, b in zip(D.named_parameters(), got_grads[1:], want_grads[1:], strict=True):
+        assert torch.allclose(a, b, atol=1e-12, rtol=1e-10), name
+    assert torch.allclose(got_grads[0], want_grads[0], atol=1e-12, rtol=1e-10)
+    assert D.hidden.weight.grad is None  # autograd.grad only: nothing accumulated
+    names = [n for n, _ in D.named_parameters()]
+    assert got_grads[1 + names.index("hidden.weight")].abs().sum() > 0

@@ -69,6 +69,7 @@ def _windows(emb: Tensor, f: int) -> Tensor:
 
 
 _CHUNK_ELEMENTS = 1 << 21  # scores computed per chunk of batch rows: ~8 MB, cache-friendly
+_BACKWARD_CHUNK_ELEMENTS = 1 << 17  # (b, R, n) gradients per chunk in backward: ~0.5 MB
 
 
 def _max_over_time(scores: Tensor) -> tuple[Tensor, Tensor]:
@@ -81,7 +82,9 @@ def _max_over_time(scores: Tensor) -> tuple[Tensor, Tensor]:
     """
     b, Tp, R, n = scores.shape
     values, flat = F.max_pool2d_with_indices(scores.permute(0, 3, 1, 2), kernel_size=(Tp, 1))
-    index = torch.div(flat[:, :, 0], R, rounding_mode="floor")  # flat = t * R + r
+    flat = flat[:, :, 0]  # t * R + r
+    # R a power of two (RelGAN's 64): a shift, ~8x faster than an integer division
+    index = flat >> (R.bit_length() - 1) if R & (R - 1) == 0 else flat.div(R, rounding_mode="floor")
     return values[:, :, 0].transpose(1, 2), index.transpose(1, 2)
 
 
@@ -128,19 +131,25 @@ class _ConvMaxPool(torch.autograd.Function):
         grad_emb = grad_w = None
         if K <= Tp:  # gather the winning windows, one window element (j, e) at a time
             # win[b, r, t, j d + e] = emb[b, t + j, r, e]: for each (j, e) the (B, R, T')
-            # slice is a view of emb; gathering and scattering (B, R, n) values per element is
-            # ~2x faster than one gather / scatter over an expanded (B, R, n, K) index.
+            # slice is a view of emb; gathering and scattering (b, R, n) values per element is
+            # ~2x faster than one gather / scatter over an expanded (B, R, n, K) index, and
+            # doing it for a few batch rows at a time (the (b, R, n) tensors stay in the
+            # core's cache) another ~20% (measured, 1 thread).
             src = emb.to(w.dtype).permute(0, 2, 3, 1)  # (B, R, d, T)
-            shifted = [index + j for j in range(f)]  # argmax t* + j: the emb row of element j
-            if ctx.needs_input_grad[1]:
-                cols = [(grad * src[:, :, e].gather(2, shifted[j])).sum((0, 1))
-                        for j in range(f) for e in range(d)]
-                grad_w = torch.stack(cols, dim=-1)  # (n, K), K ordered (j, e)
-            if ctx.needs_input_grad[0]:
-                acc = src.new_zeros(B, R, d, T)
-                for j in range(f):
-                    for e in range(d):
-                        acc[:, :, e].scatter_add_(2, shifted[j], grad * w[:, j * d + e])
+            rows = max(1, _BACKWARD_CHUNK_ELEMENTS // (R * n))
+            acc = src.new_zeros(B, R, d, T) if ctx.needs_input_grad[0] else None
+            for s in range(0, B, rows):
+                g, x = grad[s:s + rows], src[s:s + rows]
+                shifted = [index[s:s + rows] + j for j in range(f)]  # t* + j: element j's row
+                if ctx.needs_input_grad[1]:
+                    cols = torch.stack([(g * x[:, :, e].gather(2, shifted[j])).sum((0, 1))
+                                        for j in range(f) for e in range(d)], dim=-1)
+                    grad_w = cols if grad_w is None else grad_w + cols  # (n, K), K as (j, e)
+                if acc is not None:
+                    for j in range(f):
+                        for e in range(d):
+                            acc[s:s + rows, :, e].scatter_add_(2, shifted[j], g * w[:, j * d + e])
+            if acc is not None:
                 grad_emb = acc.permute(0, 3, 1, 2).to(emb.dtype)  # (B, T, R, d)
         else:  # dense scatter of the pooled gradient: B*R*T'*n values
             win = _windows(emb, f).to(w.dtype).permute(0, 2, 1, 3)  # (B, R, T', K)
@@ -373,9 +382,14 @@ class RelGANDiscriminator(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Ids ``(B, T)`` or (relaxed) one-hots ``(B, T, V)`` -> logits ``(B, num_rep)``."""
-        h = self.highway(self.features(x))  # (B, R, F)
-        h = self.hidden(self.dropout(h))  # (B, R, hidden_dim), linear
-        return self.out(h).squeeze(-1)  # (B, R)
+        h = self.dropout(self.highway(self.features(x)))  # (B, R, F)
+        # hidden and out are both linear (nothing between them, as in the official code), so
+        # out(hidden(h)) = h @ (W_out W_hidden)^T + (W_out b_hidden + b_out): one (F,) vector
+        # per row instead of a (B R, F) x (F, hidden_dim) product (and its two backward
+        # products); autograd still gives both layers their exact gradients.
+        weight = self.out.weight @ self.hidden.weight  # (1, F)
+        bias = self.out.weight @ self.hidden.bias + self.out.bias  # (1,)
+        return F.linear(h, weight, bias).squeeze(-1)  # (B, R)
 
 
 # --------------------------------------------------------------------------------------------
