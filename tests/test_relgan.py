@@ -9,7 +9,8 @@ import torch
 from textgan.cli import main
 from textgan.models import build_discriminator, build_generator
 from textgan.sampling import EMABaseline
-from textgan.train.relgan import RelGANConfig, d_step, g_step
+from textgan.train import relgan
+from textgan.train.relgan import RelGANConfig, d_step, d_steps, draw_fakes, g_step
 
 REPO = Path(__file__).resolve().parents[1]
 V, T, B = 20, 6, 8
@@ -66,6 +67,62 @@ def test_score_function_gradient_comes_only_through_log_prob():
     cfg = RelGANConfig(estimator="score_function", baseline="loo")
     g_step(G, D, torch.optim.SGD(G.parameters(), lr=0.1), torch.randint(0, V, (B, T)), 1.0, cfg)
     assert all(x.dtype == torch.long for x in seen)
+
+
+@pytest.mark.parametrize("estimator", ["gumbel_softmax", "score_function"])
+@pytest.mark.parametrize("per_draw", [3, 2, 1])  # batches per sampling loop (memory cap)
+def test_draw_fakes_are_consecutive_row_slices_of_grouped_draws(estimator, per_draw,
+                                                                monkeypatch):
+    """The D steps' fakes: ``per_draw`` batches drawn as one sampling loop and cut into batches;
+    the same rows as drawing ``per_draw B`` rows directly (same seed). Score function: tokens
+    only, the same draws as with the one-hots."""
+    from textgan import sampling as S
+
+    G, _ = _models()
+    monkeypatch.setattr(relgan, "_FAKE_DRAW_ELEMENTS", per_draw * B * T * V)
+    torch.manual_seed(5)
+    fakes = draw_fakes(G, 3, B, T, 0.5, estimator, "hard")
+    assert len(fakes) == 3
+    method = "multinomial" if estimator == "score_function" else estimator
+    torch.manual_seed(5)
+    want = []
+    for k in range(0, 3, per_draw):
+        n = min(per_draw, 3 - k)
+        with torch.no_grad():
+            whole = S.sample_sequence(G, n * B, T, method=method, tau=0.5)
+        want += [S.Sample(*(x[i * B:(i + 1) * B] for x in whole)) for i in range(n)]
+    for got, ref in zip(fakes, want, strict=True):
+        assert torch.equal(got.tokens, ref.tokens) and torch.equal(got.mask, ref.mask)
+        if estimator == "score_function":
+            assert got.one_hot is None and got.log_prob is None
+        else:
+            assert torch.equal(got.one_hot, ref.one_hot) and not got.one_hot.requires_grad
+    assert not torch.equal(fakes[0].tokens, fakes[1].tokens)  # independent batches
+
+
+@pytest.mark.parametrize("loss", ["rsgan", "wgan_gp"])
+def test_d_steps_equal_d_step_on_the_same_fakes(loss):
+    """``d_steps`` = ``d_step`` per real batch, each on its batch of ``draw_fakes``; a fake of
+    another shape is refused."""
+    G, D = _models()
+    D.dropout.p = 0.0  # no dropout draws: the two runs consume the same random numbers
+    cfg = RelGANConfig(estimator="score_function", loss=loss)
+    reals = [torch.randint(0, V, (B, T), generator=torch.Generator().manual_seed(k))
+             for k in range(2)]
+    D2 = build_discriminator("relgan_cnn", vocab_size=V, embed_dim=8, num_rep=4,
+                             filter_sizes=(2, 3), num_filters=(6, 6), dropout=0.0)
+    D2.load_state_dict(D.state_dict())
+    opt, opt2 = (torch.optim.Adam(m.parameters(), lr=1e-2) for m in (D, D2))
+    torch.manual_seed(1)
+    got = d_steps(G, D, opt, reals, 0.7, cfg)
+    torch.manual_seed(1)
+    fakes = draw_fakes(G, 2, B, T, 0.7, cfg.estimator, "hard")
+    want = [d_step(G, D2, opt2, r, 0.7, cfg, fake=f) for r, f in zip(reals, fakes, strict=True)]
+    assert got == want
+    assert all(torch.equal(a, b) for a, b in zip(D.parameters(), D2.parameters(), strict=True))
+    with pytest.raises(ValueError, match=r"fakes of shape \(8, 6\) for real batch of shape "
+                                         r"\(8, 5\)"):
+        d_step(G, D, opt, reals[0][:, :5], 0.7, cfg, fake=fakes[0])
 
 
 def _records(out, phase="adversarial"):

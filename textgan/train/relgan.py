@@ -6,7 +6,9 @@ ICLR 2019. https://openreview.net/forum?id=rJedV3R5tm
 Phases: MLE pre-training (:func:`textgan.train.mle.run_mle`, or ``generator.init_from``), then
 ``adv_steps`` adversarial steps of ``g_steps`` generator updates followed by ``d_steps``
 discriminator updates (paper: 1 and 5; Adam 1e-4 both). The inverse temperature follows
-``sampler.schedule`` up to ``sampler.beta_max``; ``tau = 1 / beta`` divides the logits.
+``sampler.schedule`` up to ``sampler.beta_max``; ``tau = 1 / beta`` divides the logits. Each
+D update gets its own fresh fakes; G being the same for all D updates of a step, their fakes are
+drawn in one sampling loop (:func:`draw_fakes`).
 
 ``train.estimator`` chooses how D's signal reaches G, everything else fixed:
     * ``gumbel_softmax``: D scores the relaxed one-hots ``softmax((logits + g) / tau)``;
@@ -114,29 +116,81 @@ def sample_fake(G, batch_size: int, seq_len: int, tau: float, estimator: str, fe
     return draw(batch_size) if blocks is None else blocks.map(draw, rows=batch_size)
 
 
+def draw_fakes(G, count: int, batch_size: int, seq_len: int, tau: float, estimator: str,
+               feed: str, eos=None, pad=None, blocks: C.Blocks | None = None) -> list[S.Sample]:
+    """``count`` batches of ``batch_size`` fakes (no gradient) for the D steps of one
+    adversarial step, drawn several batches per sampling loop.
+
+    G does not change between those D steps, so ``k`` batches drawn as one ``k B``-row batch
+    are ``k`` independent batches from the same G, and one sampling loop over ``k B`` rows is
+    ~15% cheaper on CPU than ``k`` loops (wider matrix products, fewer operators). ``k`` is
+    capped so that a draw's one-hots stay under ``_FAKE_DRAW_ELEMENTS`` floats (all of RelGAN's
+    5 batches for V = 5,000; one at a time for GPT-2's vocabulary). For the score function only
+    the tokens are kept (the draws are the same)."""
+    sf = estimator == "score_function"
+    group = max(1, min(count, _FAKE_DRAW_ELEMENTS // max(1, batch_size * seq_len * G.vocab_size)))
+    fakes = []
+    with torch.no_grad():
+        for start in range(0, count, group):
+            k = min(group, count - start)
+
+            def draw(rows: int) -> S.Sample:
+                if sf:
+                    return S.sample_sequence(G, rows, seq_len, method="multinomial", tau=tau,
+                                             eos=eos, pad=pad, tokens_only=True)
+                return sample_fake(G, rows, seq_len, tau, estimator, feed, eos, pad)
+
+            fake = draw(k * batch_size) if blocks is None else blocks.map(draw, rows=k * batch_size)
+            fakes += [S.Sample(*(None if x is None else x[i * batch_size:(i + 1) * batch_size]
+                                 for x in fake)) for i in range(k)]
+    return fakes
+
+
+_FAKE_DRAW_ELEMENTS = 1 << 26  # one-hot floats per fake draw of draw_fakes (256 MB)
+
+
+def d_steps(G, D, opt_d, reals: list[Tensor], tau: float, cfg: RelGANConfig, *,
+            feed: str = "hard", eos=None, pad=None, sync=None, backward=None,
+            blocks: C.Blocks | None = None) -> list[dict]:
+    """The discriminator updates of one adversarial step, one per real batch of ``reals``
+    (each ``(B, T)`` ids), against fakes drawn by :func:`draw_fakes`; their metrics."""
+    B, T = reals[0].shape
+    fakes = draw_fakes(G, len(reals), B, T, tau, cfg.estimator, feed, eos, pad, blocks)
+    return [d_step(G, D, opt_d, real, tau, cfg, feed=feed, eos=eos, pad=pad, sync=sync,
+                   backward=backward, blocks=blocks, fake=fake)
+            for real, fake in zip(reals, fakes, strict=True)]
+
+
 def d_step(G, D, opt_d, real: Tensor, tau: float, cfg: RelGANConfig, *, feed: str = "hard",
-           eos=None, pad=None, sync=None, backward=None, blocks: C.Blocks | None = None) -> dict:
-    """One discriminator update on ``real`` ids ``(B, T)`` against fresh fakes (G frozen).
+           eos=None, pad=None, sync=None, backward=None, blocks: C.Blocks | None = None,
+           fake: S.Sample | None = None) -> dict:
+    """One discriminator update on ``real`` ids ``(B, T)`` against ``fake`` (a
+    :class:`~textgan.sampling.Sample` of the same shape), or fresh fakes of G (frozen).
 
     ``blocks`` (several processes, ``train.rng_blocks``): fakes, D's dropout masks and the
     gradient-penalty interpolates are drawn block by block (see the module docstring)."""
     D_ = D if blocks is None else blocks.wrap(D)
-    with torch.no_grad():
-        fake = sample_fake(G, real.shape[0], real.shape[1], tau, cfg.estimator, feed, eos, pad,
-                           blocks)
+    if fake is None:
+        fake = draw_fakes(G, 1, real.shape[0], real.shape[1], tau, cfg.estimator, feed, eos,
+                          pad, blocks)[0]
+    if fake.tokens.shape != real.shape:
+        raise ValueError(f"fakes of shape {tuple(fake.tokens.shape)} for real batch of shape "
+                         f"{tuple(real.shape)}")
     fake_in = fake.one_hot if cfg.estimator != "score_function" else fake.tokens
     d_real, d_fake = D_(real), D_(fake_in.detach())
     loss = losses.d_loss(cfg.loss, d_real, d_fake)
     if cfg.loss == "wgan_gp":
-        real_oh = torch.nn.functional.one_hot(real, fake.one_hot.shape[-1]).float()
+        real_oh = torch.nn.functional.one_hot(real, G.vocab_size).float()
+        fake_oh = (fake.one_hot if fake.one_hot is not None  # score function: tokens only
+                   else torch.nn.functional.one_hot(fake.tokens, G.vocab_size).float())
 
         def penalty(r: Tensor, f: Tensor) -> Tensor:
             return losses.gradient_penalty(D, r, f, weight=cfg.gp_weight)
 
         if blocks is None:
-            loss = loss + penalty(real_oh, fake.one_hot.detach())
+            loss = loss + penalty(real_oh, fake_oh.detach())
         else:  # a mean over rows: the mean of the equal blocks' means
-            parts = blocks.map(penalty, real_oh, fake.one_hot.detach(), merge=False)
+            parts = blocks.map(penalty, real_oh, fake_oh.detach(), merge=False)
             loss = loss + torch.stack(parts).mean()
     opt_d.zero_grad(set_to_none=True)
     (backward or Tensor.backward)(loss)
@@ -262,15 +316,14 @@ def adversarial(run: C.Run, G, D, opt_g, opt_d, baseline, start: int, ckpt_offse
         g.train()
         d.train()
         with acc.autocast():
-            gms, dms = [], []
+            gms = []
             for k in range(tc.g_steps):
                 real = C.local_batch(run, corpus.train, step * per_step + k, tc.batch_size)
                 gms.append(g_step(g, d, opt_g, real, tau, tc, baseline=baseline, blocks=blocks,
                                   gather=gather, **kw))
-            for k in range(tc.d_steps):
-                real = C.local_batch(run, corpus.train, step * per_step + tc.g_steps + k,
-                                     tc.batch_size)
-                dms.append(d_step(g, d, opt_d, real, tau, tc, blocks=blocks, **kw))
+            reals = [C.local_batch(run, corpus.train, step * per_step + tc.g_steps + k,
+                                   tc.batch_size) for k in range(tc.d_steps)]
+            dms = d_steps(g, d, opt_d, reals, tau, tc, blocks=blocks, **kw)
         stats = C.mean_over_processes(run, {**C.last_update(gms), **C.last_update(dms)})
         C.check_finite(run, step, "adversarial", stats)
         window.append(stats)
