@@ -69,60 +69,89 @@ def test_score_function_gradient_comes_only_through_log_prob():
     assert all(x.dtype == torch.long for x in seen)
 
 
-@pytest.mark.parametrize("estimator", ["gumbel_softmax", "score_function"])
-@pytest.mark.parametrize("per_draw", [3, 2, 1])  # batches per sampling loop (memory cap)
-def test_draw_fakes_are_consecutive_row_slices_of_grouped_draws(estimator, per_draw,
-                                                                monkeypatch):
-    """The D steps' fakes: ``per_draw`` batches drawn as one sampling loop and cut into batches;
-    the same rows as drawing ``per_draw B`` rows directly (same seed). Score function: tokens
-    only, the same draws as with the one-hots."""
+@pytest.mark.parametrize("estimator, feed, eos", [("gumbel_softmax", "hard", None),
+                                                  ("gumbel_st", "soft", 3),
+                                                  ("score_function", "hard", 3)])
+def test_draw_fakes_are_consecutive_row_slices_of_one_draw(estimator, feed, eos):
+    """``count`` batches of fakes are one sampling loop over ``count B`` rows cut into batches
+    (same seed, same tau / feed / eos / pad); score function: tokens only, the same draws."""
     from textgan import sampling as S
 
     G, _ = _models()
-    monkeypatch.setattr(relgan, "_FAKE_DRAW_ELEMENTS", per_draw * B * T * V)
     torch.manual_seed(5)
-    fakes = draw_fakes(G, 3, B, T, 0.5, estimator, "hard")
-    assert len(fakes) == 3
+    fakes = draw_fakes(G, 3, B, T, 0.5, estimator, feed, eos=eos, pad=0)
     method = "multinomial" if estimator == "score_function" else estimator
     torch.manual_seed(5)
-    want = []
-    for k in range(0, 3, per_draw):
-        n = min(per_draw, 3 - k)
-        with torch.no_grad():
-            whole = S.sample_sequence(G, n * B, T, method=method, tau=0.5)
-        want += [S.Sample(*(x[i * B:(i + 1) * B] for x in whole)) for i in range(n)]
-    for got, ref in zip(fakes, want, strict=True):
+    with torch.no_grad():
+        whole = S.sample_sequence(G, 3 * B, T, method=method, tau=0.5, feed=feed, eos=eos, pad=0)
+    assert len(fakes) == 3
+    for i, got in enumerate(fakes):
+        ref = S.Sample(*(x[i * B:(i + 1) * B] for x in whole))
         assert torch.equal(got.tokens, ref.tokens) and torch.equal(got.mask, ref.mask)
         if estimator == "score_function":
             assert got.one_hot is None and got.log_prob is None
         else:
             assert torch.equal(got.one_hot, ref.one_hot) and not got.one_hot.requires_grad
+    if eos is not None:  # some sequences ended: pad after eos
+        assert (whole.tokens == eos).any() and not whole.mask.all()
     assert not torch.equal(fakes[0].tokens, fakes[1].tokens)  # independent batches
 
 
-@pytest.mark.parametrize("loss", ["rsgan", "wgan_gp"])
-def test_d_steps_equal_d_step_on_the_same_fakes(loss):
-    """``d_steps`` = ``d_step`` per real batch, each on its batch of ``draw_fakes``; a fake of
-    another shape is refused."""
+def test_draw_fakes_are_the_same_in_every_process_layout():
+    """Row blocks (``train.rng_blocks=2``): one process holding both blocks and two processes
+    holding one each draw the same global fakes, batch by batch."""
+    from textgan.train.common import Blocks
+
+    G, _ = _models()
+    one = draw_fakes(G, 3, B, T, 0.5, "gumbel_softmax", "hard", blocks=Blocks((0, 1), seed=7))
+    for r in (0, 1):
+        mine = draw_fakes(G, 3, B // 2, T, 0.5, "gumbel_softmax", "hard",
+                          blocks=Blocks((r,), seed=7))
+        for a, b in zip(one, mine, strict=True):  # process r holds rows r::2
+            assert torch.equal(a.tokens[r::2], b.tokens)
+            assert torch.equal(a.one_hot[r::2], b.one_hot)
+
+
+def test_fakes_per_draw_caps_the_one_hots_of_the_global_batch():
+    assert relgan.fakes_per_draw(5, 64, 20, 5000, "gumbel_softmax") == 5  # RelGAN: 128 MB
+    assert relgan.fakes_per_draw(5, 64, 51, 5300, "gumbel_st") == 3  # 3 x 69 MB < 256 MB
+    assert relgan.fakes_per_draw(5, 64, 36, 50257, "gumbel_softmax") == 1  # GPT-2: 463 MB each
+    assert relgan.fakes_per_draw(5, 64, 36, 50257, "score_function") == 5  # tokens only
+    assert relgan.fakes_per_draw(2, 64, 20, 5000, "gumbel_softmax") == 2
+
+
+def test_d_steps_draws_each_group_just_before_its_updates(monkeypatch):
+    """With room for 2 batches of one-hots per draw, 3 D updates run as: draw 2, update, update,
+    draw 1, update; the same updates as ``d_step`` on those fakes; a fake of another shape is
+    refused."""
     G, D = _models()
-    D.dropout.p = 0.0  # no dropout draws: the two runs consume the same random numbers
-    cfg = RelGANConfig(estimator="score_function", loss=loss)
-    reals = [torch.randint(0, V, (B, T), generator=torch.Generator().manual_seed(k))
-             for k in range(2)]
     D2 = build_discriminator("relgan_cnn", vocab_size=V, embed_dim=8, num_rep=4,
-                             filter_sizes=(2, 3), num_filters=(6, 6), dropout=0.0)
+                             filter_sizes=(2, 3), num_filters=(6, 6))
     D2.load_state_dict(D.state_dict())
+    cfg = RelGANConfig(batch_size=B)
+    monkeypatch.setattr(relgan, "_FAKE_DRAW_ELEMENTS", 2 * B * T * V)
+    reals = [torch.randint(0, V, (B, T), generator=torch.Generator().manual_seed(k))
+             for k in range(3)]
+    calls = []
+    draw, step = relgan.draw_fakes, relgan.d_step
+    monkeypatch.setattr(relgan, "draw_fakes",
+                        lambda G_, count, *a, **k: (calls.append(f"draw {count}"),
+                                                    draw(G_, count, *a, **k))[1])
+    monkeypatch.setattr(relgan, "d_step", lambda *a, **k: (calls.append("d"), step(*a, **k))[1])
     opt, opt2 = (torch.optim.Adam(m.parameters(), lr=1e-2) for m in (D, D2))
     torch.manual_seed(1)
     got = d_steps(G, D, opt, reals, 0.7, cfg)
+    assert calls == ["draw 2", "d", "d", "draw 1", "d"]
     torch.manual_seed(1)
-    fakes = draw_fakes(G, 2, B, T, 0.7, cfg.estimator, "hard")
-    want = [d_step(G, D2, opt2, r, 0.7, cfg, fake=f) for r, f in zip(reals, fakes, strict=True)]
+    want = []
+    for group in (reals[:2], reals[2:]):
+        fakes = draw(G, len(group), B, T, 0.7, cfg.estimator, "hard")
+        want += [step(G, D2, opt2, r, 0.7, cfg, fake=f) for r, f in zip(group, fakes, strict=True)]
     assert got == want
     assert all(torch.equal(a, b) for a, b in zip(D.parameters(), D2.parameters(), strict=True))
     with pytest.raises(ValueError, match=r"fakes of shape \(8, 6\) for real batch of shape "
                                          r"\(8, 5\)"):
-        d_step(G, D, opt, reals[0][:, :5], 0.7, cfg, fake=fakes[0])
+        step(G, D, opt, reals[0][:, :5], 0.7, cfg, fake=fakes[0])
 
 
 def _records(out, phase="adversarial"):

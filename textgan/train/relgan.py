@@ -118,47 +118,61 @@ def sample_fake(G, batch_size: int, seq_len: int, tau: float, estimator: str, fe
 
 def draw_fakes(G, count: int, batch_size: int, seq_len: int, tau: float, estimator: str,
                feed: str, eos=None, pad=None, blocks: C.Blocks | None = None) -> list[S.Sample]:
-    """``count`` batches of ``batch_size`` fakes (no gradient) for the D steps of one
-    adversarial step, drawn several batches per sampling loop.
+    """``count`` batches of ``batch_size`` fakes of G (no gradient) from one sampling loop over
+    ``count * batch_size`` rows, cut into consecutive batches (with ``blocks``: each block draws
+    ``count`` times its rows, and batch ``i`` holds rows ``i b .. (i + 1) b - 1`` of every
+    block, ``b`` rows per block and batch, whichever process holds it). For the score function
+    only the tokens are kept (the draws are the same)."""
 
-    G does not change between those D steps, so ``k`` batches drawn as one ``k B``-row batch
-    are ``k`` independent batches from the same G, and one sampling loop over ``k B`` rows is
-    ~15% cheaper on CPU than ``k`` loops (wider matrix products, fewer operators). ``k`` is
-    capped so that a draw's one-hots stay under ``_FAKE_DRAW_ELEMENTS`` floats (all of RelGAN's
-    5 batches for V = 5,000; one at a time for GPT-2's vocabulary). For the score function only
-    the tokens are kept (the draws are the same)."""
-    sf = estimator == "score_function"
-    group = max(1, min(count, _FAKE_DRAW_ELEMENTS // max(1, batch_size * seq_len * G.vocab_size)))
-    fakes = []
+    def draw(rows: int) -> S.Sample:
+        if estimator == "score_function":
+            return S.sample_sequence(G, rows, seq_len, method="multinomial", tau=tau, eos=eos,
+                                     pad=pad, tokens_only=True)
+        return sample_fake(G, rows, seq_len, tau, estimator, feed, eos, pad)
+
+    rows = count * batch_size
     with torch.no_grad():
-        for start in range(0, count, group):
-            k = min(group, count - start)
-
-            def draw(rows: int) -> S.Sample:
-                if sf:
-                    return S.sample_sequence(G, rows, seq_len, method="multinomial", tau=tau,
-                                             eos=eos, pad=pad, tokens_only=True)
-                return sample_fake(G, rows, seq_len, tau, estimator, feed, eos, pad)
-
-            fake = draw(k * batch_size) if blocks is None else blocks.map(draw, rows=k * batch_size)
-            fakes += [S.Sample(*(None if x is None else x[i * batch_size:(i + 1) * batch_size]
-                                 for x in fake)) for i in range(k)]
-    return fakes
+        fake = draw(rows) if blocks is None else blocks.map(draw, rows=rows)
+    return [S.Sample(*(None if x is None else x[i * batch_size:(i + 1) * batch_size]
+                       for x in fake)) for i in range(count)]
 
 
-_FAKE_DRAW_ELEMENTS = 1 << 26  # one-hot floats per fake draw of draw_fakes (256 MB)
+_FAKE_DRAW_ELEMENTS = 1 << 26  # one-hot floats of the global batch per fake draw (256 MB)
+
+
+def fakes_per_draw(d_steps: int, global_batch: int, seq_len: int, vocab_size: int,
+                   estimator: str) -> int:
+    """How many D steps' fakes :func:`d_steps` draws in one sampling loop: all of them, unless
+    their one-hots (for the global batch, so that every process layout draws the same way)
+    would pass ``_FAKE_DRAW_ELEMENTS`` floats: all 5 of RelGAN's for V = 5,000, T = 20; one at
+    a time for GPT-2's vocabulary. The score function keeps no one-hots: all of them."""
+    if estimator == "score_function":
+        return d_steps
+    return max(1, min(d_steps, _FAKE_DRAW_ELEMENTS // max(1, global_batch * seq_len * vocab_size)))
 
 
 def d_steps(G, D, opt_d, reals: list[Tensor], tau: float, cfg: RelGANConfig, *,
             feed: str = "hard", eos=None, pad=None, sync=None, backward=None,
             blocks: C.Blocks | None = None) -> list[dict]:
     """The discriminator updates of one adversarial step, one per real batch of ``reals``
-    (each ``(B, T)`` ids), against fakes drawn by :func:`draw_fakes`; their metrics."""
+    (each ``(B, T)`` ids: this process's rows of ``cfg.batch_size``); their metrics.
+
+    Each update gets fresh fakes. G does not change between them, so the fakes of ``k``
+    updates (:func:`fakes_per_draw`) are drawn as one ``k B``-row batch (:func:`draw_fakes`):
+    ``k`` independent batches from the same G, and one sampling loop over ``k B`` rows is ~15%
+    cheaper on CPU than ``k`` loops (wider matrix products, fewer operators). Each group is
+    drawn just before its updates and dropped after them."""
     B, T = reals[0].shape
-    fakes = draw_fakes(G, len(reals), B, T, tau, cfg.estimator, feed, eos, pad, blocks)
-    return [d_step(G, D, opt_d, real, tau, cfg, feed=feed, eos=eos, pad=pad, sync=sync,
-                   backward=backward, blocks=blocks, fake=fake)
-            for real, fake in zip(reals, fakes, strict=True)]
+    group = fakes_per_draw(len(reals), cfg.batch_size, T, G.vocab_size, cfg.estimator)
+    out = []
+    for start in range(0, len(reals), group):
+        batch = reals[start:start + group]
+        fakes = draw_fakes(G, len(batch), B, T, tau, cfg.estimator, feed, eos, pad, blocks)
+        out += [d_step(G, D, opt_d, real, tau, cfg, feed=feed, eos=eos, pad=pad, sync=sync,
+                       backward=backward, blocks=blocks, fake=fake)
+                for real, fake in zip(batch, fakes, strict=True)]
+        del fakes
+    return out
 
 
 def d_step(G, D, opt_d, real: Tensor, tau: float, cfg: RelGANConfig, *, feed: str = "hard",
