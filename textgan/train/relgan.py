@@ -145,7 +145,8 @@ def fakes_per_draw(d_steps: int, global_batch: int, seq_len: int, vocab_size: in
     """How many D steps' fakes :func:`d_steps` draws in one sampling loop: all of them, unless
     their one-hots (for the global batch, so that every process layout draws the same way)
     would pass ``_FAKE_DRAW_ELEMENTS`` floats: all 5 of RelGAN's for V = 5,000, T = 20; one at
-    a time for GPT-2's vocabulary. The score function keeps no one-hots: all of them."""
+    a time for GPT-2's vocabulary; a draw briefly holds about twice its one-hots (the per-step
+    ones and their stack). The score function keeps no one-hots: all of them."""
     if estimator == "score_function":
         return d_steps
     return max(1, min(d_steps, _FAKE_DRAW_ELEMENTS // max(1, global_batch * seq_len * vocab_size)))
