@@ -104,14 +104,16 @@ class RelGANResult(NamedTuple):
 
 
 def sample_fake(G, batch_size: int, seq_len: int, tau: float, estimator: str, feed: str,
-                eos=None, pad=None, blocks: C.Blocks | None = None) -> S.Sample:
-    """``batch_size`` fakes of G for ``estimator``; with ``blocks``, drawn block by block."""
+                eos=None, pad=None, blocks: C.Blocks | None = None,
+                tokens_only: bool = False) -> S.Sample:
+    """``batch_size`` fakes of G for ``estimator``; with ``blocks``, drawn block by block;
+    ``tokens_only`` (score function only): no one-hots or log-probs, the same draws."""
     method = {"gumbel_softmax": "gumbel_softmax", "gumbel_st": "gumbel_st",
               "score_function": "multinomial"}[estimator]
 
     def draw(rows: int) -> S.Sample:
         return S.sample_sequence(G, rows, seq_len, method=method, tau=tau, feed=feed, eos=eos,
-                                 pad=pad)
+                                 pad=pad, tokens_only=tokens_only)
 
     return draw(batch_size) if blocks is None else blocks.map(draw, rows=batch_size)
 
@@ -123,16 +125,9 @@ def draw_fakes(G, count: int, batch_size: int, seq_len: int, tau: float, estimat
     ``count`` times its rows, and batch ``i`` holds rows ``i b .. (i + 1) b - 1`` of every
     block, ``b`` rows per block and batch, whichever process holds it). For the score function
     only the tokens are kept (the draws are the same)."""
-
-    def draw(rows: int) -> S.Sample:
-        if estimator == "score_function":
-            return S.sample_sequence(G, rows, seq_len, method="multinomial", tau=tau, eos=eos,
-                                     pad=pad, tokens_only=True)
-        return sample_fake(G, rows, seq_len, tau, estimator, feed, eos, pad)
-
-    rows = count * batch_size
     with torch.no_grad():
-        fake = draw(rows) if blocks is None else blocks.map(draw, rows=rows)
+        fake = sample_fake(G, count * batch_size, seq_len, tau, estimator, feed, eos, pad, blocks,
+                           tokens_only=estimator == "score_function")
     return [S.Sample(*(None if x is None else x[i * batch_size:(i + 1) * batch_size]
                        for x in fake)) for i in range(count)]
 
