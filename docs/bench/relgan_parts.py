@@ -5,6 +5,7 @@ on PYTHONPATH (a checkout of each commit for the paired before/after runs):
     python docs/bench/relgan_parts.py iteration shared 3 2   # median of 3 iterations, 2 threads
     python docs/bench/relgan_parts.py conv-backward OLD_discriminators.py 1
     python docs/bench/relgan_parts.py ops shared             # per-operator time of one iteration
+    python docs/bench/relgan_parts.py ops shared gpu         # operator calls with GPU chunking
 
 Paired before/after: alternate ``iteration`` runs of the two commits (one process each) and
 compare pair by pair; the machine's speed drifts too much for a single run of each.
@@ -83,14 +84,20 @@ def conv_backward(old_file: str, threads: str) -> None:
     print({k: f"{v / 4 * 1e3:.1f} ms per 4 filter sizes" for k, v in total.items()})
 
 
-def ops(highway: str) -> None:
-    """Seconds per operator (matrix products by shape) in one 2-thread iteration."""
+def ops(highway: str, chunks: str = "cpu") -> None:
+    """Seconds per operator (matrix products by shape) in one 2-thread iteration, and the number
+    of operator calls; ``chunks=gpu``: D's convolutions chunked as on a GPU (all rows at once)."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
+    if chunks == "gpu":
+        from textgan.models import discriminators
+
+        discriminators._rows_per_chunk = lambda elements, budget, rows, device: rows
     torch.set_num_threads(2)
     step = _models(highway)
     step()
     stats = collections.defaultdict(float)
+    calls = collections.Counter()
 
     class Timer(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
@@ -100,14 +107,17 @@ def ops(highway: str) -> None:
             if name in ("mm", "addmm", "bmm"):
                 name += str([tuple(a.shape) for a in args if isinstance(a, torch.Tensor)])
             stats[name] += time.perf_counter() - start
+            calls[name.split("[")[0]] += 1
             return out
 
     with Timer():
         step()
     products = sum(v for k, v in stats.items() if k.startswith(("mm", "addmm", "bmm")))
-    print(f"operators {sum(stats.values()):.3f} s, matrix products {products:.3f} s")
+    print(f"operators {sum(stats.values()):.3f} s, matrix products {products:.3f} s; "
+          f"{sum(calls.values())} operator calls (~ kernel launches on a GPU)")
     for name, seconds in sorted(stats.items(), key=lambda kv: -kv[1])[:20]:
         print(f"{seconds * 1e3:9.1f} ms  {name}")
+    print("most called:", ", ".join(f"{k} {v}" for k, v in calls.most_common(12)))
 
 
 if __name__ == "__main__":

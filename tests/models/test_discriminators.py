@@ -269,6 +269,39 @@ def test_conv_max_pool_chunks_give_the_same_result(monkeypatch):
     assert torch.equal(D(x), full)
 
 
+@pytest.mark.parametrize("device", ["cpu", "meta"])
+def test_conv_max_pool_chunks_rows_on_the_cpu_only(device, monkeypatch):
+    """Chunks of batch rows are a CPU cache optimisation; elsewhere every chunk costs kernel
+    launches, so forward and backward take all rows at once there (operators counted; the meta
+    device stands in for a GPU)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from textgan.models import discriminators as Dm
+
+    monkeypatch.setattr(Dm, "_CHUNK_ELEMENTS", 1)  # one batch row per chunk on the CPU
+    monkeypatch.setattr(Dm, "_BACKWARD_CHUNK_ELEMENTS", 1)
+    B, T, R, d, n, f = 4, 7, 4, 1, 5, 3
+    emb = torch.randn(B, T, R, d, device=device, requires_grad=True)
+    w = torch.randn(n, 1, f, d, device=device, requires_grad=True)
+    calls = []
+
+    class Count(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            calls.append(func.__name__.split(".")[0])
+            return func(*args, **(kwargs or {}))
+
+    with Count():
+        out = Dm._ConvMaxPool.apply(emb, w, f)
+        grads = torch.autograd.grad(out.sum(), (emb, w))
+    chunks = B if device == "cpu" else 1
+    assert calls.count("max_pool2d_with_indices") == chunks  # one max over time per chunk
+    assert calls.count("gather") == chunks * f * d  # backward: one per chunk and window element
+    assert calls.count("scatter_add_") == chunks * f * d
+    assert out.shape == (B, R, n) and [g.shape for g in grads] == [emb.shape, w.shape]
+    assert Dm._rows_per_chunk(10, 100, 64, torch.device("cpu")) == 10
+    assert Dm._rows_per_chunk(10, 100, 64, torch.device("cuda")) == 64  # no GPU needed
+
+
 @pytest.mark.parametrize("p", [0.25, 0.5, 0.3])  # byte masks (256 p integer) and a float mask
 def test_fast_dropout_keeps_the_expected_fraction_and_scale(p):
     from textgan.models.discriminators import Dropout
