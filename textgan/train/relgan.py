@@ -138,11 +138,10 @@ _FAKE_DRAW_ELEMENTS = 1 << 26  # one-hot floats of the global batch per fake dra
 def fakes_per_draw(count: int, global_batch: int, seq_len: int, vocab_size: int,
                    estimator: str) -> int:
     """Of ``count`` D steps, how many get their fakes from one sampling loop of :func:`d_steps`:
-    all of them, unless
-    their one-hots (for the global batch, so that every process layout draws the same way)
-    would pass ``_FAKE_DRAW_ELEMENTS`` floats: all 5 of RelGAN's for V = 5,000, T = 20; one at
-    a time for GPT-2's vocabulary; a draw briefly holds about twice its one-hots (the per-step
-    ones and their stack). The score function keeps no one-hots: all of them."""
+    all of them, unless their one-hots (for the global batch, so that every process layout draws
+    the same way) would pass ``_FAKE_DRAW_ELEMENTS`` floats: all 5 of RelGAN's for V = 5,000,
+    T = 20; one at a time for GPT-2's vocabulary; a draw briefly holds about twice its one-hots
+    (the per-step ones and their stack). The score function keeps no one-hots: all of them."""
     if estimator == "score_function":
         return count
     return max(1, min(count, _FAKE_DRAW_ELEMENTS // max(1, global_batch * seq_len * vocab_size)))
