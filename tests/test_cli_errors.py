@@ -106,6 +106,15 @@ CONFIG_ERRORS = [
      "`sampler.anneal_rate` must be >= 0, got -0.0001"),
     ("relgan/oracle.yaml", ["sampler.beta_max=0.5"],
      "`sampler.beta_max` must be >= 1 (inverse temperature), got 0.5"),
+    ("relgan/oracle.yaml", ["sampler.schedule_steps=1"],
+     "`sampler.schedule_steps` must be >= 2 (or unset: the run's length), got 1"),
+    # a schedule horizon shorter than the run: refused before the MLE pre-training
+    ("relgan/oracle.yaml", ["sampler.schedule_steps=100", "train.adv_steps=200"],
+     "`sampler.schedule_steps` (100) must be >= `train.adv_steps` (200): beta would pass "
+     "beta_max; raise it or leave it unset (the run's length)"),
+    ("vae/oracle.yaml", ["sampler.schedule=exp", "sampler.schedule_steps=10", "train.steps=20"],
+     "`sampler.schedule_steps` (10) must be >= `train.steps` (20): beta would pass beta_max; "
+     "raise it or leave it unset (the run's length)"),
     # unknown generator / discriminator / loss / estimator names
     ("relgan/oracle.yaml", ["generator.name=lstmm"],
      "`generator.name`: unknown generator 'lstmm'; choose one of ['hf', 'lstm', 'rmc'] "

@@ -58,3 +58,21 @@ def test_saved_config_round_trips(tmp_path):
     save_config(cfg, tmp_path / "c.yaml")
     again = build_config(yaml.safe_load((tmp_path / "c.yaml").read_text()))
     assert again == cfg
+
+
+def test_schedule_horizon_defaults_to_the_run_and_can_be_fixed():
+    """``sampler.schedule_steps`` is N of the beta schedule: unset, beta reaches beta_max at the
+    run's last step; RelGAN's code fixes N = 5000, so 3,000 iterations end at beta_max ** 0.6."""
+    from textgan.config import SamplerConfig
+
+    run = SamplerConfig(schedule="exp", beta_max=100.0).tau_schedule(3000)
+    assert run(0) == 1.0 and run(3000) == 100.0 ** -1 and run(1500) == 100.0 ** -0.5
+    fixed = SamplerConfig(schedule="exp", beta_max=100.0, schedule_steps=5000).tau_schedule(3000)
+    assert fixed(0) == 1.0 and fixed(3000) == 100.0 ** -0.6 and fixed(2500) == 100.0 ** -0.5
+    lin = SamplerConfig(schedule="lin", beta_max=10.0, schedule_steps=10).tau_schedule(4)
+    assert lin(9) == 0.1 and lin(3) == 1 / 4.0
+    # horizons shorter than the run matter only to schedules that grow beta
+    assert SamplerConfig(schedule="no", beta_max=5.0, schedule_steps=2).tau_schedule(9)(7) == 0.2
+    with pytest.raises(ValueError, match=r"`sampler.schedule_steps` \(2999\) must be >= "
+                                         r"`train.adv_steps` \(3000\)"):
+        SamplerConfig(schedule_steps=2999).tau_schedule(3000)

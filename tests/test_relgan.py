@@ -197,6 +197,16 @@ def test_relgan_trains_through_cli_and_resumes_exactly(tmp_path):
     assert sorted(b) == [3, 4] and all(a[s] == b[s] for s in b)
 
 
+def test_relgan_schedule_horizon_sets_the_logged_temperatures(tmp_path):
+    """Step k trains at tau(k) = beta_max ** (-k / N): N = the run's 4 steps, or the fixed
+    ``sampler.schedule_steps`` (RelGAN's code: 5000 whatever the run's length)."""
+    for extra, n in (((), 4), (("sampler.schedule_steps=8",), 8)):
+        out = tmp_path / f"n{n}"
+        assert _train(out, "train.adv_steps=4", "pretrain.steps=0", *extra) == 0
+        taus = [r["tau"] for r in _records(out) if "g_loss" in r]
+        assert taus == [round(1.0 / 100.0 ** (k / n), 6) for k in range(4)]  # logged to 6 places
+
+
 @pytest.mark.parametrize("estimator", ["gumbel_st", "score_function"])
 def test_relgan_estimators_run_through_cli(tmp_path, estimator):
     assert _train(tmp_path / estimator, "train.adv_steps=2", f"train.estimator={estimator}",

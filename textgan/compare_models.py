@@ -627,12 +627,7 @@ def estimator_problems(args) -> list[ModelProblem]:
     if algorithm == "relgan":
         loss = handle.cfg.train.loss
         if info["phase"] == "adversarial":  # the temperature the run was training at
-            from textgan.sampling import temperature_schedule
-
-            sc, tc = handle.cfg.sampler, handle.cfg.train
-            tau_of = temperature_schedule(sc.schedule, beta_max=sc.beta_max,
-                                          total_steps=max(tc.adv_steps, 2),
-                                          rate=sc.anneal_rate, tau_min=sc.tau_min)
+            tau_of = handle.cfg.sampler.tau_schedule(handle.cfg.train.adv_steps)
             info["train_tau"] = round(tau_of(info["phase_step"]), 4)
         d_real = None
         if loss == "rsgan":

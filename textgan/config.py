@@ -43,6 +43,11 @@ class SamplerConfig:
     method: str = "gumbel_softmax"  # multinomial | gumbel_softmax | gumbel_st
     schedule: str = "exp"  # temperature schedule (sampling.SCHEDULES)
     beta_max: float = 100.0  # final inverse temperature for RelGAN schedules
+    # N of the beta schedule (beta reaches beta_max at step N); None: the run's own length
+    # (train.adv_steps / train.steps), as RelGAN's paper states it. RelGAN's official code
+    # fixes N = 5000 for every run, so its 3,000-iteration oracle runs end at beta_max ** 0.6
+    # and its 2,000-iteration COCO runs at beta_max ** 0.4; the RelGAN recipes set 5000.
+    schedule_steps: int | None = None
     tau: float = 1.0  # fixed temperature where no schedule applies (sampling, eval)
     anneal_rate: float = 1e-4  # `anneal` schedule: tau = max(tau_min, exp(-rate * step))
     tau_min: float = 0.5
@@ -67,8 +72,30 @@ class SamplerConfig:
             )
         if not self.tau_min > 0:
             raise ValueError(f"`sampler.tau_min` must be > 0, got {self.tau_min}")
+        if self.schedule_steps is not None and self.schedule_steps < 2:
+            raise ValueError(f"`sampler.schedule_steps` must be >= 2 (or unset: the run's "
+                             f"length), got {self.schedule_steps}")
         if not self.anneal_rate >= 0:
             raise ValueError(f"`sampler.anneal_rate` must be >= 0, got {self.anneal_rate}")
+
+    def tau_schedule(self, run_steps: int, steps_key: str = "train.adv_steps"):
+        """``tau(step)`` for a run of ``run_steps`` steps (``steps_key`` names that setting in
+        errors): ``schedule`` over ``N = schedule_steps``, or over the run when it is unset.
+
+        Raises:
+            ValueError: ``schedule_steps`` shorter than the run for a schedule that grows beta
+                (past step N the formulas overshoot ``beta_max``; RelGAN's code asserts it).
+        """
+        from textgan import sampling
+
+        n = run_steps if self.schedule_steps is None else self.schedule_steps
+        if n < run_steps and self.schedule not in ("no", "anneal"):
+            raise ValueError(
+                f"`sampler.schedule_steps` ({n}) must be >= `{steps_key}` ({run_steps}): "
+                f"beta would pass beta_max; raise it or leave it unset (the run's length)")
+        return sampling.temperature_schedule(self.schedule, beta_max=self.beta_max,
+                                             total_steps=max(n, 2), rate=self.anneal_rate,
+                                             tau_min=self.tau_min)
 
 
 @dataclass

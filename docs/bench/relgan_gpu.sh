@@ -12,6 +12,8 @@
 #   D1/D2  MLE alone continued from init/ (fresh Adam, lr 1e-2 and 1e-3) for the same wall time
 # Other settings: SOLO=0 skips timing A alone first; SMOKE_ONLY=1 stops after stage 1; EXTRA=
 # "key=value ..." is added to every job (e.g. a tiny model to try the script on a CPU); PY, OUT.
+# The recipes follow RelGAN's code: beta on the exp schedule over N = 5000 steps whatever the
+# length (EXTRA=sampler.schedule_steps=null: over each job's length, as in session 8).
 # A package the GPU machine lacks (datasets there) goes on PYTHONPATH, which is kept.
 set -u
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-3}

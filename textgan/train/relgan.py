@@ -271,6 +271,7 @@ def _finish(model, opt, grad_clip: float, sync) -> None:
 
 def train(cfg) -> RelGANResult:
     """``textgan train`` entry point for ``algorithm: relgan``."""
+    cfg.sampler.tau_schedule(cfg.train.adv_steps)  # a bad schedule fails before pre-training
     run = C.make_run(cfg)
     acc, corpus, tc = run.accelerator, run.corpus, cfg.train
     G, D = C.build_models(cfg, corpus, "relgan_cnn")
@@ -307,9 +308,7 @@ def adversarial(run: C.Run, G, D, opt_g, opt_d, baseline, start: int, ckpt_offse
     """Adversarial steps ``start .. adv_steps``; ``window``: the per-step stats since the last log
     record, from the checkpoint being resumed."""
     cfg, tc, corpus, acc = run.cfg, run.cfg.train, run.corpus, run.accelerator
-    tau_of = S.temperature_schedule(cfg.sampler.schedule, beta_max=cfg.sampler.beta_max,
-                                    total_steps=max(tc.adv_steps, 2), rate=cfg.sampler.anneal_rate,
-                                    tau_min=cfg.sampler.tau_min)
+    tau_of = cfg.sampler.tau_schedule(tc.adv_steps)
     g, d = acc.unwrap_model(G), acc.unwrap_model(D)
     sync = C.grad_sync(acc, [(g, opt_g), (d, opt_d)])
     kw = dict(feed=cfg.sampler.feed, eos=corpus.eos, pad=corpus.pad, sync=sync,

@@ -381,6 +381,7 @@ def train(cfg) -> VAEResult:
     """``textgan train`` entry point for ``algorithm: vae``."""
     from textgan.train.mle import MLEConfig
 
+    cfg.sampler.tau_schedule(cfg.train.steps, "train.steps")  # fails before any output
     run = C.make_run(cfg)
     acc, corpus, tc = run.accelerator, run.corpus, cfg.train
     if cfg.pretrain is not None and cfg.pretrain != MLEConfig():
@@ -423,9 +424,7 @@ def run_vae(run: C.Run, vae, opt, ema: S.EMABaseline, start: int,
     ``window``: the per-step stats since the last log record, from the resumed checkpoint."""
     cfg, tc, corpus, acc = run.cfg, run.cfg.train, run.corpus, run.accelerator
     sc = cfg.sampler
-    tau_of = S.temperature_schedule(sc.schedule, beta_max=sc.beta_max,
-                                    total_steps=max(tc.steps, 2), rate=sc.anneal_rate,
-                                    tau_min=sc.tau_min)
+    tau_of = sc.tau_schedule(tc.steps, "train.steps")
     model = acc.unwrap_model(vae)  # called unwrapped; gradients averaged by sync_grads
     multi = acc.num_processes > 1
     kw = dict(world=acc.num_processes, n_global=tc.batch_size, backward=acc.backward,
