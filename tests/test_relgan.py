@@ -8,7 +8,7 @@ import torch
 
 from textgan.cli import main
 from textgan.models import build_discriminator, build_generator
-from textgan.sampling import EMABaseline
+from textgan.sampling import EMABaseline, sample_sequence
 from textgan.train import relgan
 from textgan.train.relgan import RelGANConfig, d_step, d_steps, draw_fakes, g_step
 
@@ -83,7 +83,9 @@ def test_draw_fakes_are_consecutive_row_slices_of_one_draw(estimator, feed, eos)
     method = "multinomial" if estimator == "score_function" else estimator
     torch.manual_seed(5)
     with torch.no_grad():
-        whole = S.sample_sequence(G, 3 * B, T, method=method, tau=0.5, feed=feed, eos=eos, pad=0)
+        # the score function samples G itself (tau = 1): the schedule's tau only relaxes
+        whole = S.sample_sequence(G, 3 * B, T, method=method, tau=1.0 if method == "multinomial"
+                                  else 0.5, feed=feed, eos=eos, pad=0)
     assert len(fakes) == 3
     for i, got in enumerate(fakes):
         ref = S.Sample(*(x[i * B:(i + 1) * B] for x in whole))
@@ -197,10 +199,34 @@ def test_relgan_trains_through_cli_and_resumes_exactly(tmp_path):
     assert sorted(b) == [3, 4] and all(a[s] == b[s] for s in b)
 
 
+def test_score_function_draws_the_tokens_the_relaxations_feed_forward():
+    """tau shapes only the relaxed one-hots: at any tau the score function samples G itself
+    (temperature 1), the very tokens Gumbel-Softmax / ST draw from the same seed; sampling at
+    tau (the bug this pins) would draw from the sharper softmax(logits / tau)."""
+    torch.manual_seed(0)
+    G = build_generator("lstm", vocab_size=30, embed_dim=8, hidden_dim=8)
+
+    def tokens(estimator, tau, seed=1):
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            return relgan.sample_fake(G, 64, 6, tau, estimator, "hard").tokens
+
+    for tau in (1.0, 0.1, 0.01):
+        sf = tokens("score_function", tau)
+        assert torch.equal(sf, tokens("gumbel_softmax", tau))
+        assert torch.equal(sf, tokens("gumbel_st", tau))
+    torch.manual_seed(1)
+    with torch.no_grad():
+        tempered = sample_sequence(G, 64, 6, method="multinomial", tau=0.01).tokens
+    assert not torch.equal(tempered, tokens("score_function", 0.01))
+
+
 def test_relgan_schedule_horizon_sets_the_logged_temperatures(tmp_path):
-    """Step k trains at tau(k) = beta_max ** (-k / N): N = the run's 4 steps, or the fixed
-    ``sampler.schedule_steps`` (RelGAN's code: 5000 whatever the run's length)."""
-    for extra, n in (((), 4), (("sampler.schedule_steps=8",), 8)):
+    """Step k trains at tau(k) = beta_max ** (-k / N): N = the run's 4 steps when
+    ``sampler.schedule_steps`` is unset, or the fixed horizon: 8, or the recipe's 5000 (RelGAN's
+    code: 5000 whatever the run's length)."""
+    for extra, n in ((("sampler.schedule_steps=null",), 4), (("sampler.schedule_steps=8",), 8),
+                     ((), 5000)):
         out = tmp_path / f"n{n}"
         assert _train(out, "train.adv_steps=4", "pretrain.steps=0", *extra) == 0
         taus = [r["tau"] for r in _records(out) if "g_loss" in r]

@@ -14,7 +14,9 @@ drawn in one sampling loop (:func:`draw_fakes`).
     * ``gumbel_softmax``: D scores the relaxed one-hots ``softmax((logits + g) / tau)``;
     * ``gumbel_st``: D scores straight-through one-hots (exact forward, soft backward);
     * ``score_function``: D scores discrete samples; REINFORCE with an EMA or leave-one-out
-      baseline (:func:`textgan.sampling.score_function_loss`).
+      baseline (:func:`textgan.sampling.score_function_loss`). The samples are G's own (at
+      temperature 1, whatever the schedule's ``tau``: the same tokens the relaxed estimators
+      draw with the same seed), so all three estimate the gradient of the same objective.
 
 As in the official code the generator's next input is the sampled token (``sampler.feed=hard``);
 ``sampler.feed=soft`` feeds the relaxed one-hot instead.
@@ -107,9 +109,15 @@ def sample_fake(G, batch_size: int, seq_len: int, tau: float, estimator: str, fe
                 eos=None, pad=None, blocks: C.Blocks | None = None,
                 tokens_only: bool = False) -> S.Sample:
     """``batch_size`` fakes of G for ``estimator``; with ``blocks``, drawn block by block;
-    ``tokens_only`` (score function only): no one-hots or log-probs, the same draws."""
+    ``tokens_only`` (score function only): no one-hots or log-probs, the same draws.
+
+    ``tau`` shapes the relaxed one-hots only: every estimator draws its tokens from G itself
+    (Gumbel-max is unchanged by dividing the perturbed logits by ``tau``), so the score function
+    samples at temperature 1 and, with the same seed, gets the very tokens that the relaxed
+    estimators feed forward; its log-probabilities are G's own."""
     method = {"gumbel_softmax": "gumbel_softmax", "gumbel_st": "gumbel_st",
               "score_function": "multinomial"}[estimator]
+    tau = 1.0 if method == "multinomial" else tau
 
     def draw(rows: int) -> S.Sample:
         return S.sample_sequence(G, rows, seq_len, method=method, tau=tau, feed=feed, eos=eos,
