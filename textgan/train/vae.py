@@ -423,8 +423,7 @@ def run_vae(run: C.Run, vae, opt, ema: S.EMABaseline, start: int,
     """The VAE loop from ``start`` to ``train.steps``; evaluates, logs and checkpoints.
     ``window``: the per-step stats since the last log record, from the resumed checkpoint."""
     cfg, tc, corpus, acc = run.cfg, run.cfg.train, run.corpus, run.accelerator
-    sc = cfg.sampler
-    tau_of = sc.tau_schedule(tc.steps, "train.steps")
+    tau_of = cfg.sampler.tau_schedule(tc.steps, "train.steps")
     model = acc.unwrap_model(vae)  # called unwrapped; gradients averaged by sync_grads
     multi = acc.num_processes > 1
     kw = dict(world=acc.num_processes, n_global=tc.batch_size, backward=acc.backward,
