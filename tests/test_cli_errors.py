@@ -115,6 +115,14 @@ CONFIG_ERRORS = [
     ("vae/oracle.yaml", ["sampler.schedule=exp", "sampler.schedule_steps=10", "train.steps=20"],
      "`sampler.schedule_steps` (10) must be >= `train.steps` (20): beta would pass beta_max; "
      "raise it or leave it unset (the run's length)"),
+    # which oracle: a built one or a parameter file, not both
+    ("relgan/oracle.yaml", ["data.oracle=relgan"],
+     "`data.oracle` must be one of ['random', 'relgan_code'], got 'relgan' (did you mean "
+     "'relgan_code'?)"),
+    ("relgan/oracle_seqgan.yaml", ["data.oracle=relgan_code"],
+     "`data.params` ('../shared/data/oracle/seqgan_oracle_lstm.npz') and "
+     "`data.oracle=relgan_code` both name an oracle; give one of them (`data.params=null` for "
+     "the built one)"),
     # unknown generator / discriminator / loss / estimator names
     ("relgan/oracle.yaml", ["generator.name=lstmm"],
      "`generator.name`: unknown generator 'lstmm'; choose one of ['hf', 'lstm', 'rmc'] "

@@ -28,6 +28,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from textgan.errors import choice_error
+
 log = logging.getLogger("textgan.data")
 
 SPECIALS = ("<pad>", "<bos>", "<eos>", "<unk>")
@@ -148,13 +150,17 @@ def atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+ORACLES = ("random", "relgan_code")  # `data.oracle`: oracles textgan builds itself
+
+
 @dataclass
 class DataConfig:
     """The ``data:`` section of a recipe."""
 
     name: str = "text"  # "text" (a corpus at `path`) or "oracle" (synthetic SeqGAN oracle)
     path: str | None = None  # corpus directory or file (text), see module docstring
-    params: str | None = None  # oracle: official parameter file (.npz); None = random oracle
+    params: str | None = None  # oracle: official parameter file (.npz); None = built by textgan
+    oracle: str = "random"  # oracle built by textgan: random (seeded by `seed`) | relgan_code
     seed: int = 0  # oracle construction / sampling seed and text split seed
     num_train: int = 10000  # oracle: training sequences
     num_test: int = 10000  # oracle: held-out sequences
@@ -173,6 +179,12 @@ class DataConfig:
     def __post_init__(self):
         if self.name not in ("text", "oracle"):
             raise ValueError(f"`data.name` must be 'text' or 'oracle', got '{self.name}'")
+        if self.oracle not in ORACLES:
+            raise ValueError(choice_error("data.oracle", self.oracle, ORACLES))
+        if self.params and self.oracle != "random":
+            raise ValueError(f"`data.params` ('{self.params}') and `data.oracle={self.oracle}` "
+                             "both name an oracle; give one of them (`data.params=null` for the "
+                             "built one)")
         if self.overflow not in ("error", "truncate", "drop"):
             raise ValueError(
                 f"`data.overflow` must be one of error|truncate|drop, got '{self.overflow}'"
@@ -245,6 +257,8 @@ def _oracle_corpus(cfg: DataConfig) -> Corpus:
 
     if cfg.params:
         oracle = OracleLSTM.from_npz(cfg.params, seq_len=cfg.seq_len)
+    elif cfg.oracle == "relgan_code":
+        oracle = OracleLSTM.relgan_code(seq_len=cfg.seq_len)
     else:
         oracle = OracleLSTM.random(seed=cfg.seed, vocab_size=cfg.vocab_size,
                                    hidden_dim=cfg.hidden_dim, seq_len=cfg.seq_len)
