@@ -115,6 +115,9 @@ CONFIG_ERRORS = [
     ("vae/oracle.yaml", ["sampler.schedule=exp", "sampler.schedule_steps=10", "train.steps=20"],
      "`sampler.schedule_steps` (10) must be >= `train.steps` (20): beta would pass beta_max; "
      "raise it or leave it unset (the run's length)"),
+    ("relgan/oracle_seqgan.yaml", ["generator.variant=relgan"],
+     "`generator.variant` must be one of ['paper', 'relgan_code'], got 'relgan' (did you mean "
+     "'relgan_code'?)"),
     # which oracle: a built one or a parameter file, not both
     ("relgan/oracle.yaml", ["data.oracle=relgan"],
      "`data.oracle` must be one of ['random', 'relgan_code'], got 'relgan' (did you mean "

@@ -383,6 +383,9 @@ def _check_models(cfg: RecipeConfig) -> None:
         # vocab_size / start_token come from the corpus, never from the recipe
         check_kwargs(cls, spec, section)
         _check_model_types(cls, spec, section)
+        for key, allowed in getattr(cls, "CHOICES", {}).items():  # e.g. RMCGenerator's variant
+            if key in spec and spec[key] not in allowed:
+                raise ValueError(choice_error(f"{section}.{key}", spec[key], allowed))
 
 
 def _check_model_types(cls: type, spec: dict, section: str) -> None:

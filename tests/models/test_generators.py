@@ -354,3 +354,82 @@ def test_hf_too_long_raises():
     _, state = step_loop(G, torch.zeros(1, 4, dtype=torch.long))
     with pytest.raises(ValueError, match="n_positions"):
         G.step(torch.zeros(1, dtype=torch.long), state)
+
+
+def _rmc_code_reference_step(G, x_t, M):
+    """RelGAN's TensorFlow RMC written out (``utils/models/relational_memory.py``): layer norms
+    with statistics over the N + 1 rows and the features together (``begin_norm_axis=1``),
+    queries from all rows, logits scaled by ``qkv_size ** -0.5``, no qkv / gate bias."""
+    N, d, H, S_ = G.mem_slots, G.mem_size, G.num_heads, G.head_size
+
+    def tf_layer_norm(z, m):  # z (B, R, F): moments over axes 1 and 2, eps 1e-12
+        mean = z.mean(dim=(1, 2), keepdim=True)
+        var = ((z - mean) ** 2).mean(dim=(1, 2), keepdim=True)
+        return (z - mean) / torch.sqrt(var + 1e-12) * m.weight + m.bias
+
+    xt = G.embedding.weight[x_t] @ G.input_proj.weight.T + G.input_proj.bias  # (B, d)
+    mx = torch.cat([M, xt[:, None]], 1)  # (B, N+1, d)
+    qkv = tf_layer_norm(mx @ G.qkv.weight.T, G.qkv_norm)
+    q, k, v = qkv[..., :d], qkv[..., d:2 * d], qkv[..., 2 * d:]
+    heads = []
+    for h in range(H):
+        sl = slice(h * S_, (h + 1) * S_)
+        w = torch.softmax(q[..., sl] @ k[..., sl].transpose(1, 2) * (3 * S_) ** -0.5, -1)
+        heads.append(w @ v[..., sl])
+    M1 = tf_layer_norm(mx + torch.cat(heads, -1), G.norm1)
+    mlp = torch.relu(M1 @ G.mlp[0].weight.T + G.mlp[0].bias) @ G.mlp[2].weight.T + G.mlp[2].bias
+    Mt = tf_layer_norm(M1 + mlp, G.norm2)[:, :N]
+    g = (xt @ G.gate_input.weight.T)[:, None] + torch.tanh(M) @ G.gate_memory.weight.T
+    i, f = g[..., :d], g[..., d:]
+    M_new = torch.sigmoid(i) * torch.tanh(Mt) + torch.sigmoid(f + 1.0) * M
+    return M_new.flatten(1) @ G.out.weight.T + G.out.bias, M_new
+
+
+def test_rmc_relgan_code_variant_matches_the_official_computation():
+    torch.manual_seed(0)
+    G = RMCGenerator(V, embed_dim=8, mem_slots=2, num_heads=2, head_size=8, start_token=START,
+                     variant="relgan_code").double().eval()
+    assert G.qkv.bias is None and G.gate_input.bias is None
+    with torch.no_grad():  # non-trivial layer-norm parameters and biases
+        for m in (G.qkv_norm, G.norm1, G.norm2):
+            m.weight.uniform_(0.5, 1.5)
+            m.bias.normal_(0, 0.1)
+        for lin in (G.input_proj, G.mlp[0], G.mlp[2], G.out):
+            lin.bias.normal_(0, 0.1)
+    ids = torch.randint(0, V, (B, 5))
+    state = ref_state = G.init_state(B)
+    for t in range(5):
+        logits, state = G.step(ids[:, t], state)
+        ref_logits, ref_state = _rmc_code_reference_step(G, ids[:, t], ref_state)
+        assert torch.allclose(logits, ref_logits, atol=1e-10, rtol=0)
+        assert torch.allclose(state, ref_state, atol=1e-10, rtol=0)
+    # teacher forcing gives the stepped logits; the variant differs from the paper's equations
+    assert torch.allclose(G(teacher_inputs(ids)), step_loop(G, teacher_inputs(ids))[0],
+                          atol=1e-10, rtol=0)
+    paper = RMCGenerator(V, embed_dim=8, mem_slots=2, num_heads=2, head_size=8,
+                         start_token=START).double().eval()
+    shared = {k: v for k, v in G.state_dict().items() if k in paper.state_dict()}
+    paper.load_state_dict(shared, strict=False)
+    with torch.no_grad():
+        paper.qkv.bias.zero_()
+        paper.gate_input.bias.zero_()
+    assert not torch.allclose(paper.step(ids[:, 0], paper.init_state(B))[0],
+                              G.step(ids[:, 0], G.init_state(B))[0], atol=1e-3)
+
+
+def test_rmc_relgan_code_initialisation_and_errors():
+    torch.manual_seed(0)
+    G = RMCGenerator(5000, variant="relgan_code")  # RelGAN's sizes
+    ratio = 0.8796  # std of N(0, 1) truncated at +-2
+    for lin in (G.input_proj, G.qkv, G.mlp[0], G.gate_input, G.gate_memory, G.out):
+        std = lin.weight.std().item() * lin.in_features**0.5
+        assert abs(std - ratio) < 0.02, lin
+        assert lin.weight.abs().max().item() <= 2 / lin.in_features**0.5
+        assert lin.bias is None or not lin.bias.any()
+    assert abs(G.embedding.weight.std().item() * 5000**0.5 - ratio) < 0.02
+    assert G.norm1.eps == 1e-12 and RMCGenerator(50).norm1.eps == 1e-5
+    with pytest.raises(ValueError, match=r"`variant` must be one of \['paper', 'relgan_code'\], "
+                                         r"got 'tf'$"):
+        RMCGenerator(50, variant="tf")
+    with pytest.raises(ValueError, match="qkv_layer_norm=False"):
+        RMCGenerator(50, variant="relgan_code", qkv_layer_norm=False)

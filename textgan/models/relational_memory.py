@@ -32,6 +32,18 @@ Notation: ``N = mem_slots`` rows of memory, each of size ``d = num_heads * head_
 Initial memory: the identity ``I_N`` padded with zeros (``d > N``) or truncated (``d < N``) to
 ``(N, d)``, the same for every sequence (Santoro et al.'s choice). RelGAN: ``embed_dim=32``,
 ``mem_slots=1``, ``num_heads=2``, ``head_size=256`` (``d = 512``).
+
+``variant="relgan_code"``: the RMC exactly as RelGAN's official TensorFlow code computes it
+(``utils/models/relational_memory.py`` of weilinie/RelGAN), which differs from the equations
+above in four ways: (a) its three layer norms are ``tf.contrib.layers.layer_norm`` on
+``(B, N + 1, F)`` tensors, whose default ``begin_norm_axis=1`` normalises over the ``N + 1`` rows
+*and* the features jointly (gain and bias per feature; epsilon 1e-12), so the input row's
+attention update enters the memory rows' statistics and is computed (queries from all ``N + 1``
+rows); (b) the attention logits are scaled by ``(2 key_size + head_size) ** -0.5 = (3 S) ** -0.5``
+instead of ``S ** -0.5``; (c) the query/key/value projection and the gates have no bias; (d) the
+initialisation: every weight truncated normal (2 std) with std ``1 / sqrt(fan_in)`` (embedding:
+``1 / sqrt(V)``), biases zero. The default ``variant="paper"`` is the equations above, per-row
+layer norms, PyTorch's initialisation.
 """
 
 from __future__ import annotations
@@ -42,9 +54,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from textgan.errors import choice_error
 from textgan.models.common import embed_tokens
 
-__all__ = ["RMCGenerator"]
+__all__ = ["RMCGenerator", "VARIANTS"]
+
+VARIANTS = ("paper", "relgan_code")
+
+
+def _joint_norm(x: Tensor, norm: nn.LayerNorm) -> Tensor:
+    """``tf.contrib.layers.layer_norm`` of ``(B, R, F)``: statistics over the rows and features
+    together (its ``begin_norm_axis=1``), gain and bias per feature (``norm``'s)."""
+    return F.layer_norm(x, x.shape[-2:], eps=norm.eps) * norm.weight + norm.bias
 
 
 class RMCGenerator(nn.Module):
@@ -62,16 +83,26 @@ class RMCGenerator(nn.Module):
             mostly kept at initialisation).
         qkv_layer_norm: layer-normalise the projected queries/keys/values.
         dropout: dropout on the attention weights (0 in RelGAN).
+        variant: ``"paper"`` (the module docstring's equations) or ``"relgan_code"`` (RelGAN's
+            TensorFlow code: joint layer norms over the rows, attention scale, no qkv / gate
+            bias, its initialisation; see the module docstring).
 
     State:
         the memory ``(B, mem_slots, d)``.
     """
 
+    CHOICES = {"variant": VARIANTS}  # checked with the recipe, before anything runs
+
     def __init__(self, vocab_size: int, embed_dim: int = 32, mem_slots: int = 1,
                  num_heads: int = 2, head_size: int = 256, start_token: int = 0,
                  mlp_layers: int = 2, forget_bias: float = 1.0, input_bias: float = 0.0,
-                 qkv_layer_norm: bool = True, dropout: float = 0.0):
+                 qkv_layer_norm: bool = True, dropout: float = 0.0, variant: str = "paper"):
         super().__init__()
+        if variant not in VARIANTS:
+            raise ValueError(choice_error("variant", variant, VARIANTS))
+        code = variant == "relgan_code"
+        if code and not qkv_layer_norm:
+            raise ValueError("`qkv_layer_norm=False` is not RelGAN's code; use variant='paper'")
         if vocab_size < 1:
             raise ValueError(f"`vocab_size` must be >= 1, got {vocab_size}")
         if not 0 <= start_token < vocab_size:
@@ -86,22 +117,26 @@ class RMCGenerator(nn.Module):
         self.mem_size = d = num_heads * head_size
         self.forget_bias, self.input_bias = float(forget_bias), float(input_bias)
         self.dropout = float(dropout)
+        self.variant = variant
+        eps = 1e-12 if code else 1e-5  # tf.contrib.layers.layer_norm's / PyTorch's
 
         self.embedding = nn.Embedding(vocab_size, embed_dim)
         self.input_proj = nn.Linear(embed_dim, d)
-        self.qkv = nn.Linear(d, 3 * d)
-        self.qkv_norm = nn.LayerNorm(3 * d) if qkv_layer_norm else nn.Identity()
-        self.norm1 = nn.LayerNorm(d)
+        self.qkv = nn.Linear(d, 3 * d, bias=not code)
+        self.qkv_norm = nn.LayerNorm(3 * d, eps=eps) if qkv_layer_norm else nn.Identity()
+        self.norm1 = nn.LayerNorm(d, eps=eps)
         mlp: list[nn.Module] = []
         for k in range(mlp_layers):
             mlp.append(nn.Linear(d, d))
             if k < mlp_layers - 1:
                 mlp.append(nn.ReLU())
         self.mlp = nn.Sequential(*mlp)
-        self.norm2 = nn.LayerNorm(d)
-        self.gate_input = nn.Linear(d, 2 * d)  # x~ -> (i, f); carries the gate biases
+        self.norm2 = nn.LayerNorm(d, eps=eps)
+        self.gate_input = nn.Linear(d, 2 * d, bias=not code)  # x~ -> (i, f)
         self.gate_memory = nn.Linear(d, 2 * d, bias=False)  # tanh(M) -> (i, f)
         self.out = nn.Linear(mem_slots * d, vocab_size)
+        if code:
+            self._init_as_relgan_code()
 
         init = torch.eye(mem_slots)
         if d > mem_slots:
@@ -109,6 +144,22 @@ class RMCGenerator(nn.Module):
         else:
             init = init[:, :d]
         self.register_buffer("initial_memory", init, persistent=False)
+
+    @torch.no_grad()
+    def _init_as_relgan_code(self) -> None:
+        """RelGAN's ``create_linear_initializer``: truncated normal (at 2 std, TensorFlow's)
+        with std ``1 / sqrt(fan_in)`` for every weight (the embedding's fan-in: ``V``), zero
+        biases; layer norms gain 1, bias 0."""
+        def trunc(t: Tensor, fan_in: int) -> None:
+            std = 1.0 / math.sqrt(fan_in)
+            nn.init.trunc_normal_(t, std=std, a=-2 * std, b=2 * std)
+
+        trunc(self.embedding.weight, self.vocab_size)
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                trunc(module.weight, module.in_features)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
 
     # -- the core -----------------------------------------------------------------------------
     def _attend(self, memory: Tensor, x_qkv: Tensor) -> Tensor:
@@ -126,10 +177,27 @@ class RMCGenerator(nn.Module):
             w = F.dropout(w, self.dropout, self.training)
         return (w @ v).transpose(1, 2).reshape(B, N, d)
 
-    def _core(self, memory: Tensor, x_qkv: Tensor, x_gates: Tensor) -> Tensor:
-        """One memory update, given the input row's projections (see :meth:`_inputs`)."""
-        m1 = self.norm1(memory + self._attend(memory, x_qkv))
-        m_new = self.norm2(m1 + self.mlp(m1))
+    def _attend_joint(self, memory: Tensor, x_row: Tensor, x_qkv: Tensor) -> Tensor:
+        """``variant="relgan_code"``: the attention block over all ``N + 1`` rows of ``[M; x~]``
+        with layer norms over rows and features jointly; the memory rows of its output."""
+        B, N, d = memory.shape
+        H, S = self.num_heads, self.head_size
+        rows = torch.cat([memory, x_row.unsqueeze(1)], 1)  # (B, N+1, d)
+        qkv = _joint_norm(torch.cat([self.qkv(memory), x_qkv.unsqueeze(1)], 1), self.qkv_norm)
+        q, k, v = (z.reshape(B, N + 1, H, S).transpose(1, 2) for z in qkv.split(d, dim=-1))
+        w = torch.softmax((q @ k.transpose(-1, -2)) / math.sqrt(3 * S), dim=-1)
+        if self.dropout > 0:
+            w = F.dropout(w, self.dropout, self.training)
+        m1 = _joint_norm(rows + (w @ v).transpose(1, 2).reshape(B, N + 1, d), self.norm1)
+        return _joint_norm(m1 + self.mlp(m1), self.norm2)[:, :N]
+
+    def _core(self, memory: Tensor, x_row: Tensor, x_qkv: Tensor, x_gates: Tensor) -> Tensor:
+        """One memory update, given the input row and its projections (see :meth:`_inputs`)."""
+        if self.variant == "relgan_code":
+            m_new = self._attend_joint(memory, x_row, x_qkv)
+        else:
+            m1 = self.norm1(memory + self._attend(memory, x_qkv))
+            m_new = self.norm2(m1 + self.mlp(m1))
         gates = self.gate_memory(torch.tanh(memory)) + x_gates.unsqueeze(1)  # (B, N, 2d)
         i, f = gates.chunk(2, dim=-1)
         return (torch.sigmoid(i + self.input_bias) * torch.tanh(m_new)
@@ -138,12 +206,16 @@ class RMCGenerator(nn.Module):
     def _logits(self, memory: Tensor) -> Tensor:
         return self.out(memory.flatten(-2))
 
-    def _inputs(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Everything that depends on the input alone, for any leading shape: the input row's
-        ``LN_qkv(x~ W_qkv)`` ``(..., 3d)`` and gate pre-activations ``x~ W_g + b_g`` ``(..., 2d)``
-        (``forward`` computes them for all positions in one matmul each)."""
+    def _inputs(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Everything that depends on the input alone, for any leading shape: the input row
+        ``x~`` ``(..., d)``, its ``LN_qkv(x~ W_qkv)`` ``(..., 3d)`` (``relgan_code``: before the
+        layer norm, which is joint with the memory rows) and gate pre-activations ``x~ W_g + b_g``
+        ``(..., 2d)`` (``forward`` computes them for all positions in one matmul each)."""
         x_row = self.input_proj(embed_tokens(self.embedding, x))
-        return self.qkv_norm(self.qkv(x_row)), self.gate_input(x_row)
+        x_qkv = self.qkv(x_row)
+        if self.variant == "paper":
+            x_qkv = self.qkv_norm(x_qkv)
+        return x_row, x_qkv, self.gate_input(x_row)
 
     # -- generator protocol -------------------------------------------------------------------
     def init_state(self, batch_size: int) -> Tensor:
@@ -153,18 +225,17 @@ class RMCGenerator(nn.Module):
 
     def step(self, x_t: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
         """One position: ids ``(B,)`` or one-hots ``(B, V)`` -> logits ``(B, V)``, new memory."""
-        x_qkv, x_gates = self._inputs(x_t)
-        memory = self._core(state, x_qkv, x_gates)
+        memory = self._core(state, *self._inputs(x_t))
         return self._logits(memory), memory
 
     def forward_states(self, inputs: Tensor) -> tuple[Tensor, list[Tensor]]:
         """Teacher-forced logits ``(B, T, V)`` and the memory after each position
         (``states[t]``: after consuming ``inputs[:, : t + 1]``)."""
-        x_qkv, x_gates = self._inputs(inputs)  # input projections for all positions at once
+        x_row, x_qkv, x_gates = self._inputs(inputs)  # for all positions at once
         memory = self.init_state(inputs.shape[0])
         states = []
         for t in range(inputs.shape[1]):
-            memory = self._core(memory, x_qkv[:, t], x_gates[:, t])
+            memory = self._core(memory, x_row[:, t], x_qkv[:, t], x_gates[:, t])
             states.append(memory)
         logits = self._logits(torch.stack(states, 1))  # one output matmul for all positions
         return logits, states
