@@ -13,7 +13,9 @@
 # Other settings: SOLO=0 skips timing A alone first; SMOKE_ONLY=1 stops after stage 1; EXTRA=
 # "key=value ..." is added to every job (e.g. a tiny model to try the script on a CPU); PY, OUT.
 # The recipes follow RelGAN's code: beta on the exp schedule over N = 5000 steps whatever the
-# length (EXTRA=sampler.schedule_steps=null: over each job's length, as in session 8).
+# length (EXTRA=sampler.schedule_steps=null: over each job's length, as in session 8), and the
+# RMC as RelGAN's code computes it (EXTRA=generator.variant=paper: the paper's equations, as in
+# session 8; init/ must be a checkpoint of the same variant).
 # A package the GPU machine lacks (datasets there) goes on PYTHONPATH, which is kept.
 set -u
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-3}
