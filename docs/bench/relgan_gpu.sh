@@ -1,127 +1,104 @@
 #!/usr/bin/env bash
-# RelGAN's paper-scale runs on one GPU, sized to a fixed wall-clock budget (used on an H200 in
-# session 8; figures in recipes/README.md). Runs from the repository root:
-#   GPU_DIR=gpu MAIN_S=400 bash docs/bench/relgan_gpu.sh
-# GPU_DIR holds what ../shared and runs/ would give: oracle/seqgan_oracle_lstm.npz, coco/{train,test}.txt
-# and init/ (model.safetensors + trainer_state.pt of the RMC's MLE run on the official oracle).
-# Stage 1 (smoke): the same jobs, tiny, all at once -> seconds per step under the same contention;
-# stops here on any failure. Stage 2: the jobs at once, each sized to MAIN_S from those rates:
-#   A  oracle_seqgan.yaml, Gumbel-Softmax, from init/ (paper: 3,000 adversarial iterations)
-#   B  the same with train.estimator=score_function
-#   C  coco.yaml: MLE pre-training then RelGAN(100) (recipe: 3,000 + 2,000 steps)
-#   D1/D2  MLE alone continued from init/ (fresh Adam, lr 1e-2 and 1e-3) for the same wall time
-# Other settings: SOLO=0 skips timing A alone first; SMOKE_ONLY=1 stops after stage 1; EXTRA=
-# "key=value ..." is added to every job (e.g. a tiny model to try the script on a CPU); PY, OUT.
-# The recipes follow RelGAN's code: beta on the exp schedule over N = 5000 steps whatever the
-# length (EXTRA=sampler.schedule_steps=null: over each job's length, as in session 8), and the
-# RMC as RelGAN's code computes it (EXTRA=generator.variant=paper: the paper's equations, as in
-# session 8; init/ must be a checkpoint of the same variant).
-# A package the GPU machine lacks (datasets there) goes on PYTHONPATH, which is kept.
+# RelGAN's paper-scale runs on one GPU, all at once, each stopped at one wall-clock deadline
+# (SIGTERM: the run finishes its step and saves a checkpoint). Used on an H200 in session 11
+# (figures in recipes/README.md; session 8's version of this script, which sized each job from
+# a smoke stage, is in git history before that). Runs from the repository root:
+#   GPU_DIR=gpu RUN_S=470 bash docs/bench/relgan_gpu.sh
+# GPU_DIR holds what ../shared would give: oracle/seqgan_oracle_lstm.npz and coco/{train,test}.txt.
+# Jobs (JOBS="gs sf mle rc coco" by default), the recipes as they are except for the lengths:
+#   gs    oracle_seqgan.yaml (SeqGAN's oracle file, RelGAN's code's RMC): MLE 1,500 steps, then
+#         RelGAN with Gumbel-Softmax towards the paper's 3,000 iterations
+#   sf    the same with train.estimator=score_function
+#   mle   the same MLE run continued alone (no adversarial phase) for the same wall time
+#   rc    gs on RelGAN's code's own oracle (data.oracle=relgan_code)
+#   coco  coco.yaml: MLE 1,500 steps, then RelGAN(100)
+# Fails fast: a job that dies in its first FAIL_S seconds stops them all (exit 1, its log shown).
+# Other settings: EXTRA="key=value ..." added to every job (a tiny model to try it on a CPU),
+# PY, OUT (what comes back: runs.tgz and the final generators). A package the GPU machine lacks
+# (datasets there) goes on PYTHONPATH, which is kept.
 set -u
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-3}
 G=${GPU_DIR:-gpu}
-MAIN_S=${MAIN_S:-400}
+RUN_S=${RUN_S:-470}
+FAIL_S=${FAIL_S:-60}
 OUT=${OUT:-runs/gpu-out}
 PY=${PY:-python3}
+JOBS=${JOBS:-gs sf mle rc coco}
 mkdir -p "$OUT" runs
-LOG=$OUT/log.txt
-exec > >(tee -a "$LOG") 2>&1
+exec > >(tee -a "$OUT/log.txt") 2>&1
 nvidia-smi -L 2>/dev/null
 $PY -c "import torch, accelerate, transformers, sacrebleu; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'accelerate', accelerate.__version__)"
 
 ORACLE="recipes/relgan/oracle_seqgan.yaml data.params=$G/oracle/seqgan_oracle_lstm.npz"
-COCO="recipes/relgan/coco.yaml data.path=$G/coco"
-INIT="generator.init_from=$G/init pretrain.steps=0"
-
-train() {  # name, seconds, args...: one background job with its own log
-  local name=$1 secs=$2; shift 2
-  timeout -s TERM -k 30 "$secs" $PY -m textgan train "$@" ${EXTRA:-} output_dir=runs/$name \
-    > runs/$name.log 2>&1 &
-  PIDS+=($!)
+CODE_ORACLE="recipes/relgan/oracle_seqgan.yaml data.params=null data.oracle=relgan_code"
+NOCKPT="pretrain.checkpoint_every=100000 train.checkpoint_every=100000"
+args_of() {
+  case $1 in
+    gs) echo "$ORACLE pretrain.steps=1500 eval.every=100" ;;
+    sf) echo "$ORACLE pretrain.steps=1500 eval.every=100 train.estimator=score_function" ;;
+    mle) echo "$ORACLE pretrain.steps=100000 train.adv_steps=0 eval.every=1000" ;;
+    rc) echo "$CODE_ORACLE pretrain.steps=1500 eval.every=100" ;;
+    coco) echo "$COCO_ARGS" ;;
+    *) echo "unknown job $1" >&2; exit 2 ;;
+  esac
 }
-PIDS=()
-waitall() { wait "${PIDS[@]}"; PIDS=(); }  # not plain `wait`: it would wait for tee too
+COCO_ARGS="recipes/relgan/coco.yaml data.path=$G/coco pretrain.steps=1500 eval.every=250"
 
-rate() {  # run, phase, from-step, to-step -> seconds per step from metrics.jsonl timestamps
-  $PY - "$@" <<'EOF'
-import json, sys
-run, phase, a, b = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-t = {}
-for line in open(f"runs/{run}/metrics.jsonl"):
-    r = json.loads(line)
-    if r["phase"] == phase and "time" in r and r["step"] in (a, b) and r["step"] not in t:
-        t[r["step"]] = r["time"]
-print(f"{(t[b] - t[a]) / (b - a):.5f}")
-EOF
-}
-
-eval_s() {  # run, phase, step -> seconds between the step's log record and its eval record
-  $PY - "$@" <<'EOF'
-import json, sys
-run, phase, step = sys.argv[1], sys.argv[2], int(sys.argv[3])
-rs = [json.loads(line) for line in open(f"runs/{run}/metrics.jsonl")]
-t = [r["time"] for r in rs if r["phase"] == phase and r["step"] == step]
-print(f"{t[-1] - t[0]:.2f}")
-EOF
-}
-
-echo "== stage 1: smoke $(date +%T)"
 t0=$(date +%s)
-ok=1
-smoke_runs="s-a s-b s-c s-d1 s-d2"
-if [ "${SOLO:-1}" = 1 ]; then  # A alone first: seconds per iteration without contention
-  train s-a-solo 300 $ORACLE $INIT train.adv_steps=60 train.log_every=10 eval.every=60 eval.num_samples=200
-  waitall
-  [ -s runs/s-a-solo/metrics.jsonl ] || ok=0
-  smoke_runs="s-a-solo $smoke_runs"
-fi
-if [ $ok = 1 ]; then
-  train s-a 300 $ORACLE $INIT train.adv_steps=40 train.log_every=10 eval.every=40 eval.num_samples=200
-  train s-b 300 $ORACLE $INIT train.adv_steps=40 train.log_every=10 eval.every=40 eval.num_samples=200 train.estimator=score_function
-  train s-c 300 $COCO pretrain.steps=100 pretrain.log_every=20 train.adv_steps=40 train.log_every=10 eval.every=100 eval.num_samples=1000
-  train s-d1 300 $ORACLE $INIT pretrain.steps=300 pretrain.log_every=50 train.adv_steps=0 eval.every=300 eval.num_samples=200
-  train s-d2 300 $ORACLE $INIT pretrain.steps=300 pretrain.log_every=50 pretrain.lr=1e-3 train.adv_steps=0 eval.every=300 eval.num_samples=200
-  waitall
-fi
-for r in $smoke_runs; do
-  if ! grep -q '"phase"' runs/$r/metrics.jsonl 2>/dev/null || grep -q Traceback runs/$r.log; then
-    ok=0; echo "!! $r failed:"; tail -30 runs/$r.log
-  fi
+declare -A PID
+for j in $JOBS; do
+  # shellcheck disable=SC2046
+  timeout -s TERM -k 60 "$RUN_S" $PY -m textgan train $(args_of "$j") $NOCKPT ${EXTRA:-} \
+    output_dir=runs/gpu-$j > "runs/gpu-$j.log" 2>&1 &
+  PID[$j]=$!
 done
-echo "smoke took $(( $(date +%s) - t0 )) s"
-if [ $ok = 0 ]; then tar czf "$OUT/runs.tgz" runs/s-*.log runs/s-*/metrics.jsonl 2>/dev/null; exit 1; fi
-cat runs/s-c.log | grep -E "^\[|bleu" | tail -5
-solo=-; [ "${SOLO:-1}" = 1 ] && solo=$(rate s-a-solo adversarial 10 60)
-ta=$(rate s-a adversarial 10 40)
-tb=$(rate s-b adversarial 10 40); tca=$(rate s-c adversarial 10 40)
-tcp=$(rate s-c pretrain 20 80); td=$(rate s-d1 pretrain 50 250); tbleu=$(eval_s s-c pretrain 100)
-echo "s/step: A alone $solo; together: A $ta B $tb C-pre $tcp C-adv $tca D $td; C's evaluation $tbleu s"
-[ "${SMOKE_ONLY:-0}" = 1 ] && exit 0
+echo "== started $JOBS at $(date +%T), deadline $RUN_S s"
 
-echo "== stage 2: $MAIN_S s $(date +%T)"
-read -r NA NB NCP NCA ND EA EB EC ED <<<"$($PY - "$MAIN_S" "$ta" "$tb" "$tcp" "$tca" "$td" "$tbleu" <<'EOF'
-import sys
-S, ta, tb, tcp, tca, td, tbleu = map(float, sys.argv[1:])
-use = 0.85 * S - 20  # start-up, evaluations (NLL_oracle is cheap; BLEU budgeted below)
-r = lambda n, k: max(k, int(n) // k * k)
-na, nb = r(min(3000, use / ta), 50), r(min(3000, use / tb), 50)
-f = min(1.0, (use - 5 * 1.3 * tbleu) / (3000 * tcp + 2000 * tca))  # C: 5 evaluations
-ncp, nca = r(3000 * f, 100), r(2000 * f, 100)
-nd = r(use / td, 500)
-print(na, nb, ncp, nca, nd, r(na / 6, 50), r(nb / 6, 50), r(nca / 2, 50), r(nd / 6, 100))
-EOF
-)"
-echo "A $NA it (eval $EA), B $NB it (eval $EB), C $NCP MLE + $NCA adv (eval $EC), D $ND MLE steps (eval $ED)"
-K=$((MAIN_S + 60))
-train gpu-a $K $ORACLE $INIT train.adv_steps=$NA eval.every=$EA train.checkpoint_every=$NA
-train gpu-b $K $ORACLE $INIT train.adv_steps=$NB eval.every=$EB train.checkpoint_every=$NB train.estimator=score_function
-train gpu-c $K $COCO pretrain.steps=$NCP pretrain.checkpoint_every=$NCP train.adv_steps=$NCA eval.every=$EC train.checkpoint_every=$NCA
-train gpu-d1 $K $ORACLE $INIT pretrain.steps=$ND pretrain.checkpoint_every=$ND train.adv_steps=0 eval.every=$ED
-train gpu-d2 $K $ORACLE $INIT pretrain.steps=$ND pretrain.checkpoint_every=$ND pretrain.lr=1e-3 train.adv_steps=0 eval.every=$ED
-waitall
-echo "== done $(date +%T), $(( $(date +%s) - t0 )) s in all"
-for r in gpu-a gpu-b gpu-c gpu-d1 gpu-d2; do
-  echo "-- $r"; grep -E "nll_oracle|bleu" runs/$r/metrics.jsonl | tail -12; tail -3 runs/$r.log
+failed() {  # a job that exited with an error (timeout's 124 is the deadline, not an error)
+  local j=$1
+  if kill -0 "${PID[$j]}" 2>/dev/null; then return 1; fi
+  wait "${PID[$j]}"; local rc=$?
+  [ "$rc" != 0 ] && [ "$rc" != 124 ]
+}
+while [ $(( $(date +%s) - t0 )) -lt "$FAIL_S" ]; do
+  sleep 5
+  for j in $JOBS; do
+    if failed "$j"; then
+      echo "!! $j failed after $(( $(date +%s) - t0 )) s:"; tail -40 "runs/gpu-$j.log"
+      kill -TERM "${PID[@]}" 2>/dev/null; sleep 5; kill -KILL "${PID[@]}" 2>/dev/null
+      tar czf "$OUT/runs.tgz" runs/gpu-*.log 2>/dev/null
+      exit 1
+    fi
+  done
 done
-tar czf "$OUT/runs.tgz" runs/*.log runs/*/metrics.jsonl runs/*/config.yaml \
+echo "== all alive after $FAIL_S s"
+wait "${PID[@]}"
+echo "== done $(date +%T), $(( $(date +%s) - t0 )) s"
+
+for j in $JOBS; do
+  echo "-- $j"
+  $PY - "runs/gpu-$j" <<'EOF'
+import json, sys
+rs = [json.loads(line) for line in open(f"{sys.argv[1]}/metrics.jsonl")]
+keys = ("nll_oracle", "nll_test", "bleu2", "bleu3", "bleu4", "bleu5", "nll_gen")
+for r in rs:
+    if any(k in r for k in keys):
+        print(r["phase"], r["step"], r.get("tau", ""),
+              " ".join(f"{k}={r[k]:.4f}" for k in keys if k in r))
+for phase in ("pretrain", "adversarial"):  # median over log intervals: evaluations left out
+    t = [(r["step"], r["time"]) for r in rs
+         if r["phase"] == phase and ("nll_train" in r or "g_loss" in r)]
+    rates = sorted((tb - ta) / (b - a) for (a, ta), (b, tb) in zip(t, t[1:]) if b > a)
+    if rates:
+        print(f"{phase}: steps {t[0][0]}-{t[-1][0]}, median {rates[len(rates) // 2]:.4f} s/step")
+EOF
+  tail -2 "runs/gpu-$j.log"
+done
+# the last checkpoint's generator of each oracle job, to evaluate elsewhere
+for j in gs sf rc; do
+  c=$(ls -d runs/gpu-$j/checkpoints/step_* 2>/dev/null | sort -t_ -k2 -n | tail -1)
+  [ -n "$c" ] && cp "$c/model.safetensors" "$OUT/gen-$j-$(basename "$c").safetensors"
+done
+tar czf "$OUT/runs.tgz" runs/gpu-*.log runs/gpu-*/metrics.jsonl runs/gpu-*/config.yaml \
   $(ls -d runs/gpu-*/samples 2>/dev/null)
+ls -la "$OUT"
