@@ -12,6 +12,8 @@
 #   mle   the same MLE run continued alone (no adversarial phase) for the same wall time
 #   rc    gs on RelGAN's code's own oracle (data.oracle=relgan_code)
 #   coco  coco.yaml: MLE 1,500 steps, then RelGAN(100)
+# and, by name only: gs1 / rc1 = gs / rc at beta_max 1 (beta constant: the setting RelGAN's author
+# gives for the paper's length-20 table, weilinie/RelGAN#22), mlerc = mle on RelGAN's code's oracle.
 # Fails fast: a job that dies in its first FAIL_S seconds stops them all (exit 1, its log shown).
 # Other settings: EXTRA="key=value ..." added to every job (a tiny model to try it on a CPU),
 # PY, OUT (what comes back: runs.tgz and the final generators). A package the GPU machine lacks
@@ -39,6 +41,9 @@ args_of() {
     mle) echo "$ORACLE pretrain.steps=100000 train.adv_steps=0 eval.every=1000" ;;
     rc) echo "$CODE_ORACLE pretrain.steps=1500 eval.every=100" ;;
     coco) echo "$COCO_ARGS" ;;
+    gs1) echo "$ORACLE pretrain.steps=1500 eval.every=100 sampler.beta_max=1" ;;
+    rc1) echo "$CODE_ORACLE pretrain.steps=1500 eval.every=100 sampler.beta_max=1" ;;
+    mlerc) echo "$CODE_ORACLE pretrain.steps=100000 train.adv_steps=0 eval.every=500" ;;
     *) echo "unknown job $1" >&2; exit 2 ;;
   esac
 }
@@ -95,7 +100,7 @@ EOF
   tail -2 "runs/gpu-$j.log"
 done
 # the last checkpoint's generator of each oracle job, to evaluate elsewhere
-for j in gs sf rc; do
+for j in gs sf rc gs1 rc1; do
   c=$(ls -d runs/gpu-$j/checkpoints/step_* 2>/dev/null | sort -t_ -k2 -n | tail -1)
   [ -n "$c" ] && cp "$c/model.safetensors" "$OUT/gen-$j-$(basename "$c").safetensors"
 done
