@@ -42,6 +42,22 @@ def test_mle_run_writes_metrics_checkpoints_and_samples(tmp_path):
     assert (out / "config.yaml").exists() and (out / "meta.json").exists()
 
 
+def _subnormal_survives() -> bool:
+    return (torch.tensor([1e-39]) * 1.0).item() != 0.0
+
+
+@pytest.mark.parametrize("flush", [True, False])
+def test_training_sets_flush_denormal_from_the_recipe(tmp_path, flush):
+    if not torch.set_flush_denormal(False):
+        pytest.skip("this CPU has no flush-to-zero mode (torch.set_flush_denormal)")
+    assert _subnormal_survives()
+    extra = [] if flush else ["flush_denormal=false"]  # the default is true
+    assert _train(tmp_path / "run", "train.steps=1", *extra) == 0
+    assert _subnormal_survives() is not flush
+    cfg = (tmp_path / "run" / "config.yaml").read_text()
+    assert f"flush_denormal: {str(flush).lower()}" in cfg
+
+
 def test_mle_learns(tmp_path):
     out = tmp_path / "run"
     assert _train(out, "train.steps=60", "eval.every=60", "train.lr=0.02") == 0

@@ -104,6 +104,8 @@ def make_run(cfg: RecipeConfig) -> Run:
     """
     from accelerate import Accelerator
 
+    # first, so that the intra-op threads started by the first parallel operation inherit it
+    torch.set_flush_denormal(cfg.flush_denormal)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("accelerate").setLevel(logging.WARNING)
     accelerator = Accelerator(**accelerator_kwargs(cfg))
