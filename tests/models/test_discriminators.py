@@ -232,7 +232,10 @@ def test_conv_max_pool_matches_eager_and_passes_gradcheck(B_, T, R, d, n, f, bac
     w = torch.randn(n, 1, f, d, dtype=torch.double, requires_grad=True)
     fused = _ConvMaxPool.apply(emb, w, f)
     eager = torch.matmul(_windows(emb, f), w.reshape(n, -1).t()).max(dim=1).values
-    assert torch.equal(fused, eager)
+    if R == 1:  # conv1d, whose sums round differently from matmul's on some CPUs (oneDNN)
+        assert torch.allclose(fused, eager, rtol=0, atol=1e-12)
+    else:  # the same products as the eager version, chunked by batch rows
+        assert torch.equal(fused, eager)
     g = torch.randn_like(fused)
     got = torch.autograd.grad(fused, (emb, w), g)
     want = torch.autograd.grad(eager, (emb, w), g)
