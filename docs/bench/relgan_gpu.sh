@@ -16,7 +16,7 @@
 # gives for the paper's length-20 table, weilinie/RelGAN#22), mlerc = mle on RelGAN's code's oracle.
 # Fails fast: a job that dies in its first FAIL_S seconds stops them all (exit 1, its log shown).
 # Other settings: EXTRA="key=value ..." added to every job (a tiny model to try it on a CPU),
-# PY, OUT (what comes back: runs.tgz and the final generators). A package the GPU machine lacks
+# PY, OUT (what comes back: runs.tgz and the final generators, split). A package the GPU machine lacks
 # (datasets there) goes on PYTHONPATH, which is kept.
 set -u
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-3}
@@ -102,7 +102,9 @@ done
 # the last checkpoint's generator of each oracle job, to evaluate elsewhere
 for j in gs sf rc gs1 rc1; do
   c=$(ls -d runs/gpu-$j/checkpoints/step_* 2>/dev/null | sort -t_ -k2 -n | tail -1)
-  [ -n "$c" ] && cp "$c/model.safetensors" "$OUT/gen-$j-$(basename "$c").safetensors"
+  # in 15 MB pieces: what comes back from the GPU machine is at most 16 MiB a file, 8 files
+  # (rejoin with cat gen-gs-step_N.safetensors.* > model.safetensors)
+  [ -n "$c" ] && split -b 15000000 -d "$c/model.safetensors" "$OUT/gen-$j-$(basename "$c").safetensors."
 done
 tar czf "$OUT/runs.tgz" runs/gpu-*.log runs/gpu-*/metrics.jsonl runs/gpu-*/config.yaml \
   $(ls -d runs/gpu-*/samples 2>/dev/null)
