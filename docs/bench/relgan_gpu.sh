@@ -3,7 +3,7 @@
 # (SIGTERM: the run finishes its step and saves a checkpoint). Used on an H200 in session 11
 # (figures in recipes/README.md; session 8's version of this script, which sized each job from
 # a smoke stage, is in git history before that). Runs from the repository root:
-#   GPU_DIR=gpu RUN_S=470 bash docs/bench/relgan_gpu.sh
+#   GPU_DIR=gpu RUN_S=500 bash docs/bench/relgan_gpu.sh
 # GPU_DIR holds what ../shared would give: oracle/seqgan_oracle_lstm.npz and coco/{train,test}.txt.
 # Jobs (JOBS="gs sf mle rc coco" by default), the recipes as they are except for the lengths:
 #   gs    oracle_seqgan.yaml (SeqGAN's oracle file, RelGAN's code's RMC): MLE 1,500 steps, then
@@ -40,14 +40,13 @@ args_of() {
     sf) echo "$ORACLE pretrain.steps=1500 eval.every=100 train.estimator=score_function" ;;
     mle) echo "$ORACLE pretrain.steps=100000 train.adv_steps=0 eval.every=1000" ;;
     rc) echo "$CODE_ORACLE pretrain.steps=1500 eval.every=100" ;;
-    coco) echo "$COCO_ARGS" ;;
+    coco) echo "recipes/relgan/coco.yaml data.path=$G/coco pretrain.steps=1500 eval.every=250" ;;
     gs1) echo "$ORACLE pretrain.steps=1500 eval.every=100 sampler.beta_max=1" ;;
     rc1) echo "$CODE_ORACLE pretrain.steps=1500 eval.every=100 sampler.beta_max=1" ;;
     mlerc) echo "$CODE_ORACLE pretrain.steps=100000 train.adv_steps=0 eval.every=500" ;;
     *) echo "unknown job $1" >&2; exit 2 ;;
   esac
 }
-COCO_ARGS="recipes/relgan/coco.yaml data.path=$G/coco pretrain.steps=1500 eval.every=250"
 
 t0=$(date +%s)
 declare -A PID
@@ -88,8 +87,7 @@ rs = [json.loads(line) for line in open(f"{sys.argv[1]}/metrics.jsonl")]
 keys = ("nll_oracle", "nll_test", "bleu2", "bleu3", "bleu4", "bleu5", "nll_gen")
 for r in rs:
     if any(k in r for k in keys):
-        print(r["phase"], r["step"], r.get("tau", ""),
-              " ".join(f"{k}={r[k]:.4f}" for k in keys if k in r))
+        print(r["phase"], r["step"], " ".join(f"{k}={r[k]:.4f}" for k in keys if k in r))
 for phase in ("pretrain", "adversarial"):  # median over log intervals: evaluations left out
     t = [(r["step"], r["time"]) for r in rs
          if r["phase"] == phase and ("nll_train" in r or "g_loss" in r)]
