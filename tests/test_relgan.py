@@ -183,7 +183,10 @@ def test_relgan_trains_through_cli_and_resumes_exactly(tmp_path):
     losses = [r for r in recs if "g_loss" in r]
     assert [r["step"] for r in losses] == [1, 2, 3, 4]
     assert all(r["tau"] < 1.0 for r in losses[1:])  # beta grows along the exp schedule
-    assert [r["step"] for r in recs if "nll_oracle" in r] == [2, 4]
+    evals = [r for r in recs if "nll_oracle" in r]
+    assert [r["step"] for r in evals] == [2, 4]
+    # eval records carry the temperature of the step they follow
+    assert [r["tau"] for r in evals] == [r["tau"] for r in losses if r["step"] in (2, 4)]
     assert _records(full, "pretrain")
     ckpts = sorted(p.name for p in (full / "checkpoints").iterdir())
     assert ckpts == ["step_5", "step_7"]  # named after pretrain.steps + adversarial step

@@ -353,7 +353,8 @@ def adversarial(run: C.Run, G, D, opt_g, opt_d, baseline, start: int, ckpt_offse
             window = []
         if step % cfg.eval.every == 0 or step == tc.adv_steps:
             metrics = C.evaluate_generator(run, g, step, "adversarial")
-            C.log_metrics(run, step, "adversarial", metrics)
+            # the temperature of the updates just evaluated, to plot metrics against it
+            C.log_metrics(run, step, "adversarial", {**metrics, "tau": tau})
             bar.write(f"[adversarial {step}] tau={tau:.4g} "
                       + " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
         stop = C.stop_requested(run)
