@@ -7,12 +7,17 @@ A :class:`Corpus` holds padded ``LongTensor`` splits ``(N, T)``. For text, each 
 
 Formats (``DataConfig.path``):
     * a directory with ``train.txt`` and ``test.txt`` (optional ``valid.txt``), one sentence per
-      line, whitespace tokens;
+      line;
     * a single ``.txt`` file, split into train/test by a seeded ``test_ratio``;
     * a ``.jsonl`` / ``.json`` / ``.csv`` file with a ``text_field`` column (seeded split);
     * a directory written by ``datasets.save_to_disk`` (``DatasetDict`` with ``train``/``test``
       splits, or one ``Dataset``, then split).
 All are read with the ``datasets`` library, whose Arrow cache makes re-runs fast.
+
+Words (``DataConfig.word_split``, see :func:`split_words`): ``whitespace`` (the default) or
+``punctuation``, punctuation marks split off as RelGAN's and Texygen's code do with
+``nltk.word_tokenize`` ("a wheel." -> ``a wheel .``), or a Hugging Face tokenizer
+(``DataConfig.tokenizer``).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import torch
 from torch import Tensor
 
 from textgan.errors import choice_error
+from textgan.words import WORD_SPLITS, split_words
 
 log = logging.getLogger("textgan.data")
 
@@ -36,16 +42,24 @@ SPECIALS = ("<pad>", "<bos>", "<eos>", "<unk>")
 
 
 class Vocab:
-    """Word vocabulary with ``<pad>``, ``<bos>``, ``<eos>``, ``<unk>`` at ids 0..3."""
+    """Word vocabulary with ``<pad>``, ``<bos>``, ``<eos>``, ``<unk>`` at ids 0..3; it keeps how
+    its words were split from lines (``word_split``, see :func:`split_words`)."""
 
-    def __init__(self, words: list[str]):
+    def __init__(self, words: list[str], word_split: str = "whitespace"):
+        if word_split not in WORD_SPLITS:
+            raise ValueError(choice_error("word_split", word_split, WORD_SPLITS))
         self.itos = list(SPECIALS) + [w for w in words if w not in SPECIALS]
         self.stoi = {w: i for i, w in enumerate(self.itos)}
         self.pad, self.bos, self.eos, self.unk = range(4)
+        self.word_split = word_split
+
+    def split(self, line: str) -> list[str]:
+        """The words of a line, split as this vocabulary's were."""
+        return split_words(line, self.word_split)
 
     @classmethod
     def build(cls, sentences: list[list[str]], min_freq: int = 1,
-              max_size: int | None = None) -> Vocab:
+              max_size: int | None = None, word_split: str = "whitespace") -> Vocab:
         """Words with count >= ``min_freq``, most frequent first (ties alphabetical)."""
         counts = Counter(w for s in sentences for w in s)
         words = sorted((w for w, c in counts.items() if c >= min_freq),
@@ -57,13 +71,14 @@ class Vocab:
                 f"empty vocabulary: no word occurs at least `min_freq`={min_freq} times in "
                 f"the training data"
             )
-        return cls(words)
+        return cls(words, word_split)
 
     def __len__(self) -> int:
         return len(self.itos)
 
     def __eq__(self, other) -> bool:
-        return isinstance(other, Vocab) and self.itos == other.itos
+        return (isinstance(other, Vocab) and self.itos == other.itos
+                and self.word_split == other.word_split)
 
     def encode(self, words: list[str]) -> list[int]:
         return [self.stoi.get(w, self.unk) for w in words]
@@ -79,7 +94,8 @@ class Vocab:
         return out
 
     def save(self, path: str | Path) -> None:
-        atomic_write_text(Path(path), json.dumps({"itos": self.itos}, ensure_ascii=False))
+        atomic_write_text(Path(path), json.dumps({"itos": self.itos, "word_split": self.word_split},
+                                                 ensure_ascii=False))
 
     @classmethod
     def load(cls, path: str | Path) -> Vocab | HFVocab:
@@ -89,7 +105,7 @@ class Vocab:
         itos = data["itos"]
         if tuple(itos[:4]) != SPECIALS:
             raise ValueError(f"vocabulary file '{path}' does not start with {SPECIALS}")
-        return cls(itos[4:])
+        return cls(itos[4:], data.get("word_split", "whitespace"))  # older files: whitespace
 
 
 class HFVocab:
@@ -174,11 +190,18 @@ class DataConfig:
     text_field: str = "text"  # .jsonl/.csv/save_to_disk: column holding the sentence
     test_ratio: float = 0.1  # single-file corpora: held-out fraction (seeded split)
     lowercase: bool = False  # text: lower-case before tokenising
-    tokenizer: str | None = None  # text: local HF tokenizer directory instead of whitespace words
+    tokenizer: str | None = None  # text: local HF tokenizer directory instead of words
+    word_split: str = "whitespace"  # text: whitespace | punctuation (split off, as nltk does)
 
     def __post_init__(self):
         if self.name not in ("text", "oracle"):
             raise ValueError(f"`data.name` must be 'text' or 'oracle', got '{self.name}'")
+        if self.word_split not in WORD_SPLITS:
+            raise ValueError(choice_error("data.word_split", self.word_split, WORD_SPLITS))
+        if self.tokenizer and self.word_split != "whitespace":
+            raise ValueError(f"`data.tokenizer` ('{self.tokenizer}') splits the text itself; "
+                             f"`data.word_split={self.word_split}` applies to word vocabularies "
+                             "only: drop one of them")
         if self.oracle not in ORACLES:
             raise ValueError(choice_error("data.oracle", self.oracle, ORACLES))
         if self.params and self.oracle != "random":
@@ -388,14 +411,19 @@ def _text_corpus(cfg: DataConfig, vocab: Vocab | HFVocab | None) -> Corpus:
     raw = read_sentences(cfg)
     if cfg.tokenizer and vocab is None:
         vocab = HFVocab.from_path(cfg.tokenizer)
-    split = vocab.split if isinstance(vocab, HFVocab) else str.split
+    if isinstance(vocab, Vocab) and vocab.word_split != cfg.word_split:
+        raise ValueError(f"vocabulary mismatch: the checkpoint's vocabulary was built with "
+                         f"data.word_split={vocab.word_split}, the recipe has "
+                         f"data.word_split={cfg.word_split}; resume with the checkpoint's `data` "
+                         f"settings (its config.yaml), or drop `resume`")
+    split = vocab.split if vocab is not None else (lambda line: split_words(line, cfg.word_split))
     tok = {s: [split(line.lower() if cfg.lowercase else line) for line in lines]
            for s, lines in raw.items()}
     max_len = cfg.max_len or max(len(w) for lines in tok.values() for w in lines)
     for s in tok:
         tok[s] = _apply_max_len(tok[s], max_len, cfg.overflow, s)
     if vocab is None:
-        vocab = Vocab.build(tok["train"], cfg.min_freq, cfg.max_vocab)
+        vocab = Vocab.build(tok["train"], cfg.min_freq, cfg.max_vocab, cfg.word_split)
     tensors = {s: _encode(vocab, lines, max_len) for s, lines in tok.items()}
     n_unk = int((tensors["test"] == vocab.unk).sum())
     if n_unk:

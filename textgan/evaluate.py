@@ -1,9 +1,12 @@
 """``textgan eval``: BLEU / Self-BLEU / diversity metrics on text files, or NLLs and BLEU on a run.
 
-File mode (plain text, one sentence per line, whitespace tokens)::
+File mode (plain text, one sentence per line, whitespace tokens; ``--word-split punctuation``
+also splits punctuation marks off as ``nltk.word_tokenize`` does, which is how Texygen's and
+RelGAN's code tokenise untokenised text before BLEU)::
 
     textgan eval --hyp samples.txt --ref test.txt [--metrics bleu2,bleu4,self_bleu4,distinct2]
-                 [--num-hyps N] [--num-refs M] [--train train.txt] [--json] [--out FILE]
+                 [--num-hyps N] [--num-refs M] [--train train.txt] [--word-split punctuation]
+                 [--json] [--out FILE]
 
 Run mode (a run directory or one of its checkpoints)::
 
@@ -31,6 +34,7 @@ import sys
 from pathlib import Path
 
 from textgan import metrics as M
+from textgan.words import WORD_SPLITS, split_words
 
 DEFAULT_FILE_METRICS = "bleu2,bleu3,bleu4,bleu5,self_bleu4,distinct1,distinct2,mean_length"
 DEFAULT_RUN_TEXT_METRICS = "bleu2,bleu3,bleu4,bleu5,self_bleu4"
@@ -65,6 +69,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="use only the first N hypotheses")
     files.add_argument("--num-refs", type=int, default=None, metavar="M",
                        help="use only the first M references")
+    files.add_argument("--word-split", choices=WORD_SPLITS, default="whitespace",
+                       help="how lines become words: whitespace (default), or punctuation "
+                            "marks split off as nltk.word_tokenize does (Texygen / RelGAN)")
     parser.add_argument(
         "--metrics", default=None,
         help="comma-separated: bleuN, self_bleuN (N 1..5), distinctN, mean_length, sacrebleu, "
@@ -198,8 +205,10 @@ def _render(values: dict, as_json: bool) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def read_sentences(path: str, flag: str, limit: int | None = None) -> list[list[str]]:
-    """Whitespace-tokenised lines of a UTF-8 file (blank lines are empty sentences).
+def read_sentences(path: str, flag: str, limit: int | None = None,
+                   word_split: str = "whitespace") -> list[list[str]]:
+    """The words of each line of a UTF-8 file (blank lines are empty sentences), split by
+    :func:`textgan.data.split_words` (``word_split``: whitespace or punctuation).
 
     Raises:
         ValueError: if the file is missing, not UTF-8, or contains no sentence.
@@ -216,7 +225,7 @@ def read_sentences(path: str, flag: str, limit: int | None = None) -> list[list[
                          f"{e.start})") from None
     if not text.strip():
         raise ValueError(f"{flag} file '{path}' is empty (expected one sentence per line)")
-    sentences = [line.split() for line in text.splitlines()]
+    sentences = [split_words(line, word_split) for line in text.splitlines()]
     if limit is not None:
         if limit < 1:
             raise ValueError(f"the limit for {flag} must be >= 1, got {limit}")
@@ -226,11 +235,12 @@ def read_sentences(path: str, flag: str, limit: int | None = None) -> list[list[
 
 def _file_mode(args) -> int:
     names = parse_metrics(args.metrics or DEFAULT_FILE_METRICS)
-    hyps = read_sentences(args.hyp, "--hyp", args.num_hyps)
-    refs = read_sentences(args.ref, "--ref", args.num_refs)
+    how = args.word_split
+    hyps = read_sentences(args.hyp, "--hyp", args.num_hyps, how)
+    refs = read_sentences(args.ref, "--ref", args.num_refs, how)
     if "novelty" in names and not args.train:
         raise ValueError("metric 'novelty' needs --train FILE (the training sentences)")
-    train = read_sentences(args.train, "--train") if args.train else None
+    train = read_sentences(args.train, "--train", word_split=how) if args.train else None
     values = compute_metrics(names, hyps, refs, train)
     text = _render(values, args.json)
     sys.stdout.write(text)
