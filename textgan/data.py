@@ -3,7 +3,11 @@
 A :class:`Corpus` holds padded ``LongTensor`` splits ``(N, T)``. For text, each sentence is
 ``tokens + [eos]`` padded with ``pad`` to ``T = max_len + 1``, and generation starts from
 ``bos``; for the synthetic oracle the tokens are ids ``0..V-1`` of fixed length with no specials
-(start token 0, as in SeqGAN).
+(start token 0, as in SeqGAN). With ``DataConfig.fixed_length`` text is represented as RelGAN's
+and Texygen's code represent it: ``tokens`` filled up with ``pad`` to ``T = max_len``, no ``eos``,
+and the filler is an ordinary token (``Corpus.eos`` and ``Corpus.pad`` are None, as for the
+oracle): MLE and NLLs count every position, the samplers never force it, and D sees it as G
+samples it. Decoding drops the filler wherever it occurs.
 
 Formats (``DataConfig.path``):
     * a directory with ``train.txt`` and ``test.txt`` (optional ``valid.txt``), one sentence per
@@ -192,6 +196,7 @@ class DataConfig:
     lowercase: bool = False  # text: lower-case before tokenising
     tokenizer: str | None = None  # text: local HF tokenizer directory instead of words
     word_split: str = "whitespace"  # text: whitespace | punctuation (split off, as nltk does)
+    fixed_length: bool = False  # text: pad to max_len as an ordinary token, no eos (RelGAN code)
 
     def __post_init__(self):
         if self.name not in ("text", "oracle"):
@@ -424,13 +429,14 @@ def _text_corpus(cfg: DataConfig, vocab: Vocab | HFVocab | None) -> Corpus:
         tok[s] = _apply_max_len(tok[s], max_len, cfg.overflow, s)
     if vocab is None:
         vocab = Vocab.build(tok["train"], cfg.min_freq, cfg.max_vocab, cfg.word_split)
-    tensors = {s: _encode(vocab, lines, max_len) for s, lines in tok.items()}
+    tensors = {s: _encode(vocab, lines, max_len, cfg.fixed_length) for s, lines in tok.items()}
     n_unk = int((tensors["test"] == vocab.unk).sum())
     if n_unk:
         log.info("%d test tokens are out of vocabulary (mapped to <unk>)", n_unk)
     return Corpus(train=tensors["train"], test=tensors["test"], valid=tensors.get("valid"),
-                  vocab=vocab, vocab_size=len(vocab), start_token=vocab.bos, eos=vocab.eos,
-                  pad=vocab.pad)
+                  vocab=vocab, vocab_size=len(vocab), start_token=vocab.bos,
+                  eos=None if cfg.fixed_length else vocab.eos,
+                  pad=None if cfg.fixed_length else vocab.pad)
 
 
 def _apply_max_len(lines: list[list[str]], max_len: int, overflow: str,
@@ -453,9 +459,12 @@ def _apply_max_len(lines: list[list[str]], max_len: int, overflow: str,
     return kept
 
 
-def _encode(vocab: Vocab | HFVocab, lines: list[list[str]], max_len: int) -> Tensor:
-    out = torch.full((len(lines), max_len + 1), vocab.pad, dtype=torch.long)
+def _encode(vocab: Vocab | HFVocab, lines: list[list[str]], max_len: int,
+            fixed_length: bool = False) -> Tensor:
+    """``(N, max_len + 1)``: words, eos, pad...; ``fixed_length``: ``(N, max_len)`` words and the
+    pad filler, no eos."""
+    out = torch.full((len(lines), max_len + (not fixed_length)), vocab.pad, dtype=torch.long)
     for i, words in enumerate(lines):
-        ids = vocab.encode(words) + [vocab.eos]
+        ids = vocab.encode(words) + ([] if fixed_length else [vocab.eos])
         out[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
     return out

@@ -656,9 +656,10 @@ def check_compatible(ckpt: Path, cfg: RecipeConfig, corpus: Corpus) -> None:
     state = torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=True)
     meta = state.get("meta", {})
     try:
-        algorithm = json.loads((Path(ckpt) / "meta.json").read_text())["algorithm"]
-    except (OSError, ValueError, KeyError):
-        algorithm = None
+        run_meta = json.loads((Path(ckpt) / "meta.json").read_text())
+    except (OSError, ValueError):
+        run_meta = {}
+    algorithm = run_meta.get("algorithm")
     if algorithm not in (None, cfg.algorithm):
         raise ValueError(
             f"`resume` checkpoint '{ckpt}' is from a run of `algorithm: {algorithm}`, the "
@@ -670,6 +671,13 @@ def check_compatible(ckpt: Path, cfg: RecipeConfig, corpus: Corpus) -> None:
             f"vocabulary mismatch on resume: checkpoint '{ckpt}' has vocab_size "
             f"{meta['vocab_size']}, the corpus has {corpus.vocab_size}; resume with the "
             f"checkpoint's `data` settings (its config.yaml), or drop `resume`"
+        )
+    if "eos" in run_meta and (run_meta["eos"], run_meta.get("pad")) != (corpus.eos, corpus.pad):
+        raise ValueError(
+            f"text representation mismatch on resume: checkpoint '{ckpt}' has eos="
+            f"{run_meta['eos']}, pad={run_meta.get('pad')}, the corpus has eos={corpus.eos}, "
+            f"pad={corpus.pad} (`data.fixed_length` differs); resume with the checkpoint's "
+            f"`data` settings (its config.yaml), or drop `resume`"
         )
     saved = meta.get("generator")
     if saved is not None:
