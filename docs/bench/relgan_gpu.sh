@@ -11,9 +11,12 @@
 #   sf    the same with train.estimator=score_function
 #   mle   the same MLE run continued alone (no adversarial phase) for the same wall time
 #   rc    gs on RelGAN's code's own oracle (data.oracle=relgan_code)
-#   coco  coco.yaml: MLE 1,500 steps, then RelGAN(100)
+#   coco  coco.yaml: MLE 1,500 steps, then RelGAN(100) (words split as RelGAN's code does since
+#         session 12; session 11 ran it on whitespace words)
 # and, by name only: gs1 / rc1 = gs / rc at beta_max 1 (beta constant: the setting RelGAN's author
-# gives for the paper's length-20 table, weilinie/RelGAN#22), mlerc = mle on RelGAN's code's oracle.
+# gives for the paper's length-20 table, weilinie/RelGAN#22), mlerc = mle on RelGAN's code's oracle,
+# cocows = coco on whitespace words (session 11's job), cocofix = coco with data.fixed_length=true
+# (RelGAN's code's <pad>-filled sentences: does the <eos> + forced-<pad> form collapse faster?).
 # Fails fast: a job that dies in its first FAIL_S seconds stops them all (exit 1, its log shown).
 # Other settings: EXTRA="key=value ..." added to every job (a tiny model to try it on a CPU),
 # PY, OUT (what comes back: runs.tgz and the final generators, split). A package the GPU machine lacks
@@ -44,6 +47,8 @@ args_of() {
     gs1) echo "$ORACLE pretrain.steps=1500 eval.every=100 sampler.beta_max=1" ;;
     rc1) echo "$CODE_ORACLE pretrain.steps=1500 eval.every=100 sampler.beta_max=1" ;;
     mlerc) echo "$CODE_ORACLE pretrain.steps=100000 train.adv_steps=0 eval.every=500" ;;
+    cocows) echo "$(args_of coco) data.word_split=whitespace data.max_len=36" ;;
+    cocofix) echo "$(args_of coco) data.fixed_length=true" ;;
     *) echo "unknown job $1" >&2; exit 2 ;;
   esac
 }
