@@ -208,7 +208,7 @@ def _render(values: dict, as_json: bool) -> str:
 def read_sentences(path: str, flag: str, limit: int | None = None,
                    word_split: str = "whitespace") -> list[list[str]]:
     """The words of each line of a UTF-8 file (blank lines are empty sentences), split by
-    :func:`textgan.data.split_words` (``word_split``: whitespace or punctuation).
+    :func:`textgan.words.split_words` (``word_split``: whitespace or punctuation).
 
     Raises:
         ValueError: if the file is missing, not UTF-8, or contains no sentence.
