@@ -32,7 +32,8 @@ def split_words(line: str, how: str = "whitespace") -> list[str]:
     'd 'm`` off, keeps ``..`` / ``...`` whole and makes every other mark a word. On RelGAN's COCO
     captions (lower-cased) it gives nltk's tokens on 99.9 % of the 20,000 lines (most of the rest:
     quotes, which nltk writes as two backticks / two apostrophes) and 4,650 training word types,
-    against the 4,681 words of RelGAN's vocabulary (whitespace words: 6,094).
+    against the 4,681 words of RelGAN's vocabulary (whitespace words: 6,094); measured by
+    ``python data/check_word_split.py ../shared/data/coco``.
     """
     if how == "whitespace":
         return line.split()

@@ -21,7 +21,7 @@ def main(src: str, dst: str) -> None:
         params = pickle.load(f, encoding="latin1")
     if len(params) != len(KEYS):
         raise SystemExit(f"expected {len(KEYS)} arrays in {src}, found {len(params)}")
-    np.savez(dst, **{k: np.asarray(v, dtype=np.float32) for k, v in zip(KEYS, params)})
+    np.savez(dst, **{k: np.asarray(v, dtype=np.float32) for k, v in zip(KEYS, params, strict=True)})
     print(f"wrote {dst}")
 
 
