@@ -106,6 +106,9 @@ class EvalConfig:
     num_samples: int = 1000  # samples drawn for BLEU / NLL_oracle
     num_refs: int | None = None  # references for BLEU (None = whole test set)
     bleu: list = field(default_factory=lambda: [2, 3, 4, 5])  # BLEU orders on text
+    # Self-BLEU orders of the samples against each other (diversity; [] = none); every
+    # evaluation also logs ``unique``, the share of distinct samples
+    self_bleu: list = field(default_factory=list)
     batch_size: int = 500  # batch size for NLL and sampling during evaluation
     print_samples: int = 3  # decoded samples shown in the log
     tensorboard: bool = False  # also write TensorBoard event files under <output_dir>
@@ -113,6 +116,15 @@ class EvalConfig:
     def __post_init__(self):
         if self.every < 1:
             raise ValueError(f"`eval.every` must be >= 1, got {self.every}")
+        for key in ("bleu", "self_bleu"):
+            orders = getattr(self, key)
+            if not isinstance(orders, list) or not all(
+                    isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in orders):
+                raise ValueError(f"`eval.{key}` must be a list of n-gram orders >= 1 "
+                                 f"(e.g. [2, 3, 4, 5]), got {orders!r}")
+        if self.self_bleu and self.num_samples < 2:
+            raise ValueError(f"`eval.self_bleu` scores each sample against the others: it needs "
+                             f"`eval.num_samples` >= 2, got {self.num_samples}")
 
 
 @dataclass

@@ -855,7 +855,8 @@ def check_finite(run: Run, step: int, phase: str, losses: dict) -> None:
 
 @torch.no_grad()
 def evaluate_generator(run: Run, G, step: int, phase: str, tau: float = 1.0) -> dict:
-    """NLL_test, NLL_oracle (oracle data), BLEU-n (text) and a few decoded samples.
+    """NLL_test, NLL_oracle (oracle data), BLEU-n (text), ``unique`` and Self-BLEU-n
+    (``eval.self_bleu``, :func:`diversity_metrics`) and a few decoded samples.
 
     Split over processes, every process returning the same metrics (those of one process, up to
     float summation order): process ``r`` of ``n`` scores the test rows ``r::n``
@@ -880,6 +881,8 @@ def evaluate_generator(run: Run, G, step: int, phase: str, tau: float = 1.0) -> 
     out.update(sample_metrics(run, torch.cat(list(chunks.values())) if chunks else None,
                               cfg.num_samples))
     samples = gather_chunks(run, chunks)
+    if samples is not None:  # every process has all the samples: the same figures everywhere
+        out.update(diversity_metrics(corpus.decode(samples), cfg.self_bleu))
     if run.is_main:
         sample_dir = run.out_dir / "samples"
         sample_dir.mkdir(exist_ok=True)
@@ -889,6 +892,19 @@ def evaluate_generator(run: Run, G, step: int, phase: str, tau: float = 1.0) -> 
         for line in lines[: cfg.print_samples]:
             log.info("sample: %s", line)
     G.train(was_training)
+    return out
+
+
+def diversity_metrics(sentences: list[list[str]], self_bleu: list[int]) -> dict:
+    """``unique``: the share of distinct sentences (1.0: no repeats; a generator collapsed onto
+    ``k`` sentences gives ``k / len(sentences)``); ``self_bleu{n}`` for the orders asked for,
+    each sentence against all the others (:func:`textgan.metrics.self_bleu_scores`)."""
+    from textgan import metrics
+
+    out = {"unique": len(set(map(tuple, sentences))) / len(sentences)}
+    if self_bleu:
+        scores = metrics.self_bleu_scores(sentences, self_bleu)
+        out.update({f"self_bleu{n}": scores[n] for n in dict.fromkeys(self_bleu)})
     return out
 
 

@@ -255,7 +255,27 @@ def g_step(G, D, opt_g, real: Tensor, tau: float, cfg: RelGANConfig, *, feed: st
         _finish(G, opt_g, cfg.grad_clip, sync)
     finally:
         D.requires_grad_(True)
-    return {"g_loss": float(g_loss.detach())}
+    return {"g_loss": float(g_loss.detach()), **fake_stats(fake, cfg.estimator)}
+
+
+@torch.no_grad()
+def fake_stats(fake: S.Sample, estimator: str) -> dict:
+    """What a G step's fakes say about collapse, over their counted tokens (0.0 when none):
+
+    * ``g_entropy``: the mean of ``-log p_G(token)`` over the sampled tokens, an unbiased
+      estimate of G's per-token entropy along its own samples (nats). MLE starts leave it near
+      the data's; a generator collapsing onto a few sentences drives it towards 0;
+    * ``fake_max`` (``gumbel_softmax`` only): the mean largest component of the relaxed
+      one-hots D scores. Real one-hots have 1; the gap is a cue D can use whatever the words,
+      and at ``tau`` near 1 G can close it only by sharpening (lowering ``g_entropy``).
+
+    Several processes log the mean of the processes' values (like the losses)."""
+    m = fake.mask
+    n = int(m.sum())
+    out = {"g_entropy": float(-fake.log_prob[m].sum()) / n if n else 0.0}
+    if estimator == "gumbel_softmax":
+        out["fake_max"] = float(fake.one_hot.max(-1).values[m].sum()) / n if n else 0.0
+    return out
 
 
 def per_sample_g_loss(kind: str, d_real: Tensor, d_fake: Tensor) -> Tensor:
@@ -347,7 +367,7 @@ def adversarial(run: C.Run, G, D, opt_g, opt_d, baseline, start: int, ckpt_offse
         step += 1
         bar.update(1)
         bar.set_postfix(g=f"{stats['g_loss']:.3f}", d=f"{stats['d_loss']:.3f}",
-                        tau=f"{tau:.3g}")
+                        H=f"{stats['g_entropy']:.2f}", tau=f"{tau:.3g}")
         if step % tc.log_every == 0 or step == tc.adv_steps:
             C.log_metrics(run, step, "adversarial", {**C.mean_records(window), "tau": tau})
             window = []
