@@ -377,4 +377,11 @@ def test_cli_text_corpus_reports_reconstruction_bleu(tmp_path, tiny_corpus_dir):
     assert [r["kl_weight"] for r in rows if "loss" in r] == [0.0, 0.5, 1.0]
     lines = (out / "samples" / "vae_step3.txt").read_text().splitlines()
     assert len(lines) == 16 and "<pad>" not in " ".join(lines)
+    # the recipe's eval.self_bleu: the prior samples' diversity, from the file's samples
+    from textgan import metrics
+
+    sents = [line.split() for line in lines]
+    want = metrics.self_bleu_scores(sents, (2, 3, 4, 5))
+    assert all(evals[-1][f"self_bleu{n}"] == pytest.approx(want[n], abs=1e-6) for n in want)
+    assert evals[-1]["unique"] == pytest.approx(len(set(map(tuple, sents))) / 16, abs=1e-6)
     assert (out / "samples" / "vae_step3_recon.txt").exists()

@@ -39,7 +39,8 @@ test sentences (all by default):
     * ``recon_bleu`` (sacreBLEU corpus BLEU, 0..100) and ``recon_acc`` (token accuracy) of the
       greedy reconstructions (argmax ``z``, argmax decoding) against the inputs;
     * prior samples (``z`` uniform, multinomial decoding at ``sampler.tau``), scored like the
-      MLE trainer's (``nll_oracle`` on the oracle, ``bleu{n}`` on text) and written to
+      MLE trainer's (``nll_oracle`` on the oracle, ``bleu{n}`` on text, ``unique`` and
+      ``self_bleu{n}`` for ``eval.self_bleu``) and written to
       ``samples/vae_step<N>.txt``; latent interpolations between pairs of test sentences
       (variables switched one at a time from A's argmax ``z`` to B's, greedy decoding) to
       ``samples/vae_step<N>_interp.txt``.
@@ -342,6 +343,8 @@ def evaluate_vae(run: C.Run, vae: V.CategoricalTextVAE, step: int) -> dict:
     out.update(C.sample_metrics(run, torch.cat(list(chunks.values())) if chunks else None,
                                 ec.num_samples))
     samples = C.gather_chunks(run, chunks)
+    if samples is not None:
+        out.update(C.diversity_metrics(corpus.decode(samples), ec.self_bleu))
 
     if run.is_main:
         # interpolations between test sentences (A = 2i, B = 2i + 1): deterministic, cheap
