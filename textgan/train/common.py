@@ -903,8 +903,8 @@ def diversity_metrics(sentences: list[list[str]], self_bleu: list[int]) -> dict:
 
     out = {"unique": len(set(map(tuple, sentences))) / len(sentences)}
     if self_bleu:
-        scores = metrics.self_bleu_scores(sentences, self_bleu)
-        out.update({f"self_bleu{n}": scores[n] for n in dict.fromkeys(self_bleu)})
+        scores = metrics.self_bleu_scores(sentences, self_bleu)  # one entry per distinct order
+        out.update({f"self_bleu{n}": v for n, v in scores.items()})
     return out
 
 
