@@ -87,6 +87,13 @@ CONFIG_ERRORS = [
     ("mle/oracle.yaml", ["generator.hidden_dim=big"],
      "`generator.hidden_dim` must be of type int, got str 'big'"),
     ("mle/oracle.yaml", ["generator.hidden_dim=0"], "`generator.hidden_dim` must be >= 1, got 0"),
+    # YAML 1.1 reads an unquoted no/yes/on/off as a boolean: a string key says how to quote it
+    ("relgan/oracle.yaml", ["sampler.feed=yes"],
+     "`sampler.feed` must be of type str, got bool True; YAML reads unquoted "
+     "yes/no/on/off/true/false as booleans: quote the value, e.g. sampler.feed='no'"),
+    ("mle/oracle.yaml", ["accelerate.mixed_precision=bf17"],
+     "`accelerate.mixed_precision` must be one of ['no', 'bf16', 'fp16', 'fp8'], got 'bf17'; "
+     "e.g. accelerate.mixed_precision=bf16"),
     ("relgan/oracle.yaml", ["discriminator.num_filters=[3,0]"],
      "`discriminator.num_filters` must be >= 1, got [3, 0]"),
     ("mle/oracle.yaml", ["data=oracle"],

@@ -33,6 +33,17 @@ def test_overrides_and_types():
     assert isinstance(build_config(apply_overrides(_raw(), ["train.lr=1"])).train.lr, float)
 
 
+@pytest.mark.parametrize("text", ["no", "'no'", "No", "false"])
+def test_mixed_precision_no_survives_yaml_booleans(text):
+    # YAML 1.1 reads an unquoted `no` as False; for mixed_precision that can only mean "no"
+    cfg = build_config(apply_overrides(_raw(), [f"accelerate.mixed_precision={text}"]))
+    assert cfg.accelerate == {"mixed_precision": "no"}
+    recipe = build_config(yaml.safe_load(
+        "algorithm: mle\ndata: {name: oracle}\ngenerator: {name: lstm}\n"
+        f"accelerate: {{mixed_precision: {text}}}\n"))
+    assert recipe.accelerate == {"mixed_precision": "no"}
+
+
 @pytest.mark.parametrize("override, message", [
     ("train.step=5", r"unknown recipe key 'train.step'.*'train.steps'"),
     ("train.steps=abc", r"`train.steps` must be of type int, got str"),

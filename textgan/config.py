@@ -198,9 +198,11 @@ def _check_type(value, tp, key: str):
     if ok is None:
         return value
     if not ok:
+        hint = ("; YAML reads unquoted yes/no/on/off/true/false as booleans: quote the value, "
+                f"e.g. {key}='no'") if base is str and isinstance(value, bool) else ""
         raise ValueError(
             f"`{key}` must be of type {getattr(base, '__name__', base)}, got "
-            f"{type(value).__name__} {value!r}"
+            f"{type(value).__name__} {value!r}{hint}"
         )
     if base is float:
         return float(value)
@@ -362,6 +364,16 @@ def _check_accelerate(kwargs: dict) -> None:
             raise ValueError(
                 f"unknown recipe key 'accelerate.{key}' (not an accelerate.Accelerator "
                 f"argument){_did_you_mean_keys(str(key), valid, 'accelerate')}"
+            )
+    if "mixed_precision" in kwargs:
+        mp = kwargs["mixed_precision"]
+        if mp is False:  # YAML 1.1 reads an unquoted `no` as false: that is what was meant
+            kwargs["mixed_precision"] = mp = "no"
+        modes = ["no", "bf16", "fp16", "fp8"]
+        if mp is not None and mp not in modes:
+            raise ValueError(
+                f"`accelerate.mixed_precision` must be one of {modes}, got {mp!r}; "
+                f"e.g. accelerate.mixed_precision=bf16"
             )
 
 
