@@ -90,7 +90,8 @@ CONFIG_ERRORS = [
     # YAML 1.1 reads an unquoted no/yes/on/off as a boolean: a string key says how to quote it
     ("relgan/oracle.yaml", ["sampler.feed=yes"],
      "`sampler.feed` must be of type str, got bool True; YAML reads unquoted "
-     "yes/no/on/off/true/false as booleans: quote the value, e.g. sampler.feed='no'"),
+     "yes/no/on/off/true/false as booleans: quote the value (sampler.feed='off', not "
+     "sampler.feed=off)"),
     ("mle/oracle.yaml", ["accelerate.mixed_precision=bf17"],
      "`accelerate.mixed_precision` must be one of ['no', 'bf16', 'fp16', 'fp8'], got 'bf17'; "
      "e.g. accelerate.mixed_precision=bf16"),

@@ -198,8 +198,8 @@ def _check_type(value, tp, key: str):
     if ok is None:
         return value
     if not ok:
-        hint = ("; YAML reads unquoted yes/no/on/off/true/false as booleans: quote the value, "
-                f"e.g. {key}='no'") if base is str and isinstance(value, bool) else ""
+        hint = ("; YAML reads unquoted yes/no/on/off/true/false as booleans: quote the value "
+                f"({key}='off', not {key}=off)") if base is str and isinstance(value, bool) else ""
         raise ValueError(
             f"`{key}` must be of type {getattr(base, '__name__', base)}, got "
             f"{type(value).__name__} {value!r}{hint}"
@@ -351,7 +351,8 @@ def _check_betas(cfg: RecipeConfig) -> None:
 
 
 def _check_accelerate(kwargs: dict) -> None:
-    """``accelerate:`` keys must be ``Accelerator`` arguments (checked before anything runs)."""
+    """``accelerate:`` keys must be ``Accelerator`` arguments (checked before anything runs);
+    ``mixed_precision: no``, which YAML reads as ``False``, is set back to ``"no"`` in place."""
     if not kwargs:
         return
     import inspect
