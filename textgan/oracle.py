@@ -125,8 +125,8 @@ class OracleLSTM(nn.Module):
         h, c = self.init_state(inputs.shape[0])
         xw = self.embedding[inputs] @ self.W  # (B, T, 4H): input projections for all steps at once
         hs = []
-        for t in range(inputs.shape[1]):
-            h, c = self._cell(None, h, c, xw[:, t])
+        for xw_t in xw.unbind(1):  # views whose backward stacks once (x[:, t]'s fills per step)
+            h, c = self._cell(None, h, c, xw_t)
             hs.append(h)
         return torch.stack(hs, 1) @ self.W_out + self.b_out
 

@@ -164,6 +164,36 @@ def test_forward_states_relaxed_gradients(G):
     assert x.grad[:, :2].abs().sum() > 0
 
 
+def _graph_nodes(t):
+    """Names of the autograd nodes that produced ``t``, with their counts."""
+    seen, stack, counts = set(), [t.grad_fn], {}
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        counts[type(node).__name__] = counts.get(type(node).__name__, 0) + 1
+        stack += [f for f, _ in node.next_functions]
+    return counts
+
+
+@pytest.mark.parametrize("name", ["lstm", "rmc", "rmc_code"])
+def test_teacher_forcing_unbinds_positions_once(name):
+    """The per-position inputs of the unrolled loop are ``unbind`` views: one UnbindBackward per
+    precomputed (B, T, F) tensor, no per-position SelectBackward (``x[:, t]``), whose backward
+    fills and adds a full-size gradient at every position (O(T^2) memory traffic)."""
+    if name == "rmc_code":
+        G = RMCGenerator(V, embed_dim=8, mem_slots=2, num_heads=2, head_size=8,
+                         start_token=START, variant="relgan_code")
+    else:
+        G = make(name)
+    logits, _ = G.forward_states(torch.randint(0, V, (B, T)))
+    nodes = _graph_nodes(logits.sum())
+    assert "SelectBackward0" not in nodes
+    # lstm: one xw per layer; rmc: (x_qkv, x_gates); relgan_code also the input row
+    assert nodes.get("UnbindBackward0") == {"lstm": 2, "rmc": 2, "rmc_code": 3}[name]
+
+
 # -- sampling -------------------------------------------------------------------------------
 
 

@@ -165,8 +165,8 @@ class HFGenerator(nn.Module):
         full = out.past_key_values
         if not all(type(layer) is DynamicLayer for layer in full.layers):
             state, logits, states = self.init_state(B), [], []
-            for t in range(T):
-                lg, state = self.step(inputs[:, t], state)
+            for x_t in inputs.unbind(1):  # one-hots: unbind's backward stacks once
+                lg, state = self.step(x_t, state)
                 logits.append(lg)
                 states.append(state)
             return torch.stack(logits, 1), states

@@ -103,8 +103,8 @@ class LSTMGenerator(nn.Module):
             xw = torch.addmm(bias, x.reshape(B * T, -1), w_ih.t()).view(B, T, -1)
             h, c = h0[layer], c0[layer]
             hs, cs = [], []
-            for t in range(T):
-                gates = torch.addmm(xw[:, t], h, w_hh.t())
+            for xw_t in xw.unbind(1):  # not xw[:, t]: see RMCGenerator.forward_states
+                gates = torch.addmm(xw_t, h, w_hh.t())
                 i, f, g, o = gates.chunk(4, dim=-1)  # PyTorch's gate order
                 c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
                 h = torch.sigmoid(o) * torch.tanh(c)
