@@ -202,3 +202,17 @@ def test_gpt2_with_hf_tokenizer_corpus_trains_and_samples(tmp_path, tiny_corpus_
     words = capsys.readouterr().out.split()
     assert words and not any(w.startswith("[") for w in words)
     assert all(w in set(" ".join(lines).split()) | {"[UNK]"} for w in words)
+
+
+def test_bench_mle_quick_rows():
+    """``textgan bench mle --quick``: one row per generator on the oracle's shape, and the RMC
+    as the COCO recipe builds it (``relgan_code``) on a longer sequence."""
+    from textgan.bench.mle import CONFIGS, run
+
+    rows = run(quick=True)
+    coco = "rmc 1x2x256 relgan_code, COCO fixed length"
+    assert [r["generator"] for r in rows] == [*CONFIGS, coco]
+    assert [r["T"] for r in rows] == [10, 10, 10, 12]
+    assert all(r["steps/s"] > 0 and r["tokens/s"] == r["steps/s"] * r["B"] * r["T"] for r in rows)
+    # the relgan_code RMC has no qkv / gate biases: fewer parameters than the paper variant
+    assert rows[3]["params"] < rows[1]["params"]
