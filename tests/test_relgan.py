@@ -413,13 +413,36 @@ def test_bench_relgan_times_textgan_pytorch_in_the_same_run(tmp_path):
     g, d = rb.textgan_pytorch_times(tmp_path, quick=True)
     assert g > 0 and d > 0
     rows = [r for r in rb.run(quick=True, textgan_pytorch=tmp_path) if "profile" not in r["what"]]
-    theirs = rows[-1]
+    *rows, theirs, paired = rows
     assert theirs["what"].startswith("TextGAN-PyTorch iteration 1G+5D (fp32, mean of 2 runs")
     assert theirs["seconds"] == pytest.approx(theirs["g_step_s"] + 5 * theirs["d_step_s"])
-    for r in rows:
+    for r in [*rows, theirs]:
         assert r["speedup_vs_TextGAN-PyTorch_same_run"] == pytest.approx(
             theirs["seconds"] / r["seconds"])
-    assert "speedup_vs_TextGAN-PyTorch_same_run" in markdown_table(rows)
+    # the alternating pairs: the median of their ratios (of 2 pairs: the mean) and of our times
+    assert paired["what"].startswith("paired: 2 alternating iterations")
+    pairs = [[float(x) for x in p.split("/")]
+             for p in paired["each_pair_TextGAN-PyTorch_s/ours_s"].split(", ")]
+    assert len(pairs) == 2 and all(t > 0 and o > 0 for t, o in pairs)
+    assert paired["seconds"] == pytest.approx((pairs[0][1] + pairs[1][1]) / 2, abs=0.01)
+    assert paired["speedup_vs_TextGAN-PyTorch_same_run"] == pytest.approx(
+        (pairs[0][0] / pairs[0][1] + pairs[1][0] / pairs[1][1]) / 2, rel=0.05)
+    assert "speedup_vs_TextGAN-PyTorch_same_run" in markdown_table([*rows, theirs, paired])
+
+
+def test_paired_iterations_alternate_and_report_a_dead_harness(tmp_path):
+    from textgan.bench import relgan as rb
+
+    for name, text in FAKE_TEXTGAN_PYTORCH.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    calls = []
+    pairs = rb.paired_iterations(tmp_path, lambda: calls.append(1), 3, quick=True)
+    assert len(pairs) == 3 and len(calls) == 3 and all(t > 0 and o >= 0 for t, o in pairs)
+    # a harness that dies at start: its stderr in the error, no hang
+    (tmp_path / "models" / "RelGAN_D.py").write_text("raise ImportError('no D here')\n")
+    with pytest.raises(RuntimeError, match=r"(?s)stopped before 'READY'.*no D here"):
+        rb.paired_iterations(tmp_path, lambda: None, 1, quick=True)
 
 
 def test_bench_relgan_rejects_a_directory_that_is_not_textgan_pytorch(tmp_path):

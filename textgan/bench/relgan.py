@@ -7,6 +7,9 @@ iteration by ours: measured in the same run when ``--textgan-pytorch DIR`` names
 (:mod:`textgan.bench.textgan_pytorch_relgan` is timed in a subprocess before and after our rows,
 with the same thread count, and the mean is used), else the RelGAN issue's 31 s (measured by the
 issue's author on a 2-core CPU; the same-machine figure is the one to quote).
+With ``--textgan-pytorch`` a last row alternates single iterations of TextGAN-PyTorch's and
+ours in the like-for-like configuration (:func:`paired_iterations`) and gives the median of the
+pairs' ratios: the figure least moved by a shared machine's slow phases.
 The profile rows give the share of time of the top operators (torch.profiler, one float32
 iteration). ``bf16`` rows run the same steps under ``torch.autocast("cpu", torch.bfloat16)`` (what
 ``mixed_precision: bf16`` does; matmuls in bfloat16, the sampler core in float32); they are
@@ -61,9 +64,10 @@ def _step_times(G, D, opt_g, opt_d, real, estimator: str, repeats: int) -> tuple
     return t_g, _time(lambda: d_steps(G, D, opt_d, [real] * 5, 0.5, cfg), repeats) / 5
 
 
-def textgan_pytorch_times(checkout: str | Path, quick: bool = False) -> tuple[float, float]:
-    """``(G step s, D step s)`` of TextGAN-PyTorch's RelGAN in ``checkout``, timed in a subprocess
-    with this process's torch thread count (:mod:`textgan.bench.textgan_pytorch_relgan`)."""
+def _harness(checkout: str | Path, quick: bool, *flags: str) -> tuple[list[str], dict, Path]:
+    """The command, environment and directory that run
+    :mod:`textgan.bench.textgan_pytorch_relgan` in a TextGAN-PyTorch ``checkout`` with this
+    process's torch thread count."""
     checkout = Path(checkout)
     if not (checkout / "models" / "RelGAN_D.py").is_file():
         raise FileNotFoundError(f"`--textgan-pytorch` '{checkout}' is not a TextGAN-PyTorch "
@@ -72,7 +76,14 @@ def textgan_pytorch_times(checkout: str | Path, quick: bool = False) -> tuple[fl
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         [str(checkout.resolve()), str(Path(__file__).resolve().parents[2])])}
     cmd = [sys.executable, "-m", "textgan.bench.textgan_pytorch_relgan",
-           str(torch.get_num_threads()), *(["--quick"] if quick else [])]
+           str(torch.get_num_threads()), *(["--quick"] if quick else []), *flags]
+    return cmd, env, checkout
+
+
+def textgan_pytorch_times(checkout: str | Path, quick: bool = False) -> tuple[float, float]:
+    """``(G step s, D step s)`` of TextGAN-PyTorch's RelGAN in ``checkout``, timed in a subprocess
+    with this process's torch thread count (:mod:`textgan.bench.textgan_pytorch_relgan`)."""
+    cmd, env, checkout = _harness(checkout, quick)
     proc = subprocess.run(cmd, cwd=checkout, env=env, capture_output=True, text=True)
     lines = proc.stdout.strip().splitlines()
     if proc.returncode != 0 or not lines or not lines[-1].startswith("RESULT "):
@@ -80,6 +91,55 @@ def textgan_pytorch_times(checkout: str | Path, quick: bool = False) -> tuple[fl
                            f"{proc.returncode}):\n{proc.stderr[-2000:]}")
     g, d = (float(v) for v in lines[-1].split()[1:3])
     return g, d
+
+
+def paired_iterations(checkout: str | Path, ours, pairs: int,
+                      quick: bool = False) -> list[tuple[float, float]]:
+    """``pairs`` pairs ``(TextGAN-PyTorch s, ours s)`` of single iterations (1 G + 5 D steps)
+    run alternately: TextGAN-PyTorch's in a subprocess that waits between them
+    (``textgan_pytorch_relgan --serve``), ours by calling ``ours()``; every other pair runs ours
+    first. The two times of a pair are taken seconds apart, so a slow phase of a shared machine
+    lands on both (the before/after means of :func:`textgan_pytorch_times` are minutes apart)."""
+    import tempfile
+
+    cmd, env, checkout = _harness(checkout, quick, "--serve")
+    with tempfile.TemporaryFile("w+") as err, subprocess.Popen(
+            cmd, cwd=checkout, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=err, text=True) as proc:
+
+        def expect(prefix: str) -> str:
+            line = proc.stdout.readline()
+            while line and not line.startswith(prefix):
+                line = proc.stdout.readline()
+            if not line:
+                proc.kill()
+                err.seek(0)
+                raise RuntimeError(f"TextGAN-PyTorch's harness in {checkout} stopped before "
+                                   f"'{prefix}' (exit {proc.wait()}):\n{err.read()[-2000:]}")
+            return line
+
+        def theirs() -> float:
+            proc.stdin.write("iteration\n")
+            proc.stdin.flush()
+            return float(expect("TIME ").split()[1])
+
+        def mine() -> float:
+            start = time.perf_counter()
+            ours()
+            return time.perf_counter() - start
+
+        expect("READY")
+        out = []
+        for k in range(pairs):
+            if k % 2:
+                b = mine()
+                out.append((theirs(), b))
+            else:
+                a = theirs()
+                out.append((a, mine()))
+        proc.stdin.write("quit\n")
+        proc.stdin.close()
+    return out
 
 
 def run(quick: bool = False, textgan_pytorch: str | Path | None = None) -> list[dict]:
@@ -112,8 +172,36 @@ def run(quick: bool = False, textgan_pytorch: str | Path | None = None) -> list[
     for row in rows:
         if not quick or textgan_pytorch:
             row[label] = ref / row["seconds"]
+    if textgan_pytorch:
+        rows.append(_paired_row(textgan_pytorch, models["shared"], 2 if quick else PAIRS, quick))
     rows += _profile(*models["separate"])
     return rows
+
+
+PAIRS = 6  # alternating iteration pairs of the like-for-like configuration
+
+
+def _paired_row(checkout, model, pairs: int, quick: bool) -> dict:
+    """The like-for-like speed-up (TextGAN-PyTorch's D, Gumbel-Softmax, float32) from
+    :func:`paired_iterations`: the median of the pairs' ratios, and each ratio."""
+    import statistics
+
+    G, D, opt_g, opt_d, real = model
+    cfg = RelGANConfig()
+
+    def ours() -> None:
+        g_step(G, D, opt_g, real, 0.5, cfg)
+        d_steps(G, D, opt_d, [real] * 5, 0.5, cfg)
+
+    ours()  # warm-up
+    pairs_s = paired_iterations(checkout, ours, pairs, quick)
+    ratios = [t / o for t, o in pairs_s]
+    return {"what": f"paired: {pairs} alternating iterations, TextGAN-PyTorch vs ours like for "
+                    f"like (gumbel_softmax, fp32, TextGAN-PyTorch's D); seconds: ours' median",
+            "seconds": statistics.median(o for _, o in pairs_s),
+            "speedup_vs_TextGAN-PyTorch_same_run": statistics.median(ratios),
+            "each_pair_TextGAN-PyTorch_s/ours_s": ", ".join(f"{t:.2f}/{o:.2f}"
+                                                           for t, o in pairs_s)}
 
 
 def _profile(G, D, opt_g, opt_d, real, top: int = 8) -> list[dict]:

@@ -12,6 +12,12 @@ D with 64 representations x filters 2-5 x 300. By hand:
 
 (argument: torch threads; ``--quick`` for a smoke test at small sizes). The last line printed
 is ``RESULT <G step s> <D step s>``.
+
+``--serve``: after the same set-up and warm-up, print ``READY`` and then, for each line
+``iteration`` read from stdin, run one iteration (1 G + 5 D steps) and print ``TIME <s>``; stop
+at ``quit`` or the end of stdin. ``textgan bench relgan`` uses it to alternate iterations of
+both implementations (:func:`textgan.bench.relgan.paired_iterations`), so that the two times of
+each pair are measured seconds apart.
 """
 
 import importlib
@@ -52,6 +58,17 @@ def main() -> None:
 
     step(True)
     step(False)  # warm-up
+    if "--serve" in sys.argv:
+        print("READY", flush=True)
+        for line in sys.stdin:
+            if line.strip() != "iteration":
+                break
+            start = time.perf_counter()
+            step(True)
+            for _ in range(5):
+                step(False)
+            print(f"TIME {time.perf_counter() - start:.6f}", flush=True)
+        return
     times = {}
     for name, train_g in (("G", True), ("D", False)):
         start = time.perf_counter()
