@@ -439,7 +439,18 @@ def test_paired_iterations_alternate_and_report_a_dead_harness(tmp_path):
     calls = []
     pairs = rb.paired_iterations(tmp_path, lambda: calls.append(1), 3, quick=True)
     assert len(pairs) == 3 and len(calls) == 3 and all(t > 0 and o >= 0 for t, o in pairs)
-    # a harness that dies at start: its stderr in the error, no hang
+    # a harness that dies during the second pair (its G's 9th sample: 2 warm-up steps, then 6
+    # per iteration), then one that dies at start: its stderr in the error, no hang
+    g_file = tmp_path / "models" / "RelGAN_G.py"
+    g_file.write_text(g_file.read_text().replace(
+        "    def sample(self, n, bs, one_hot=False):\n",
+        "    calls = 0\n"
+        "    def sample(self, n, bs, one_hot=False):\n"
+        "        RelGAN_G.calls += 1\n"
+        "        if RelGAN_G.calls == 9:\n"
+        "            raise RuntimeError('G broke')\n"))
+    with pytest.raises(RuntimeError, match=r"(?s)stopped before 'TIME '.*G broke"):
+        rb.paired_iterations(tmp_path, lambda: None, 3, quick=True)
     (tmp_path / "models" / "RelGAN_D.py").write_text("raise ImportError('no D here')\n")
     with pytest.raises(RuntimeError, match=r"(?s)stopped before 'READY'.*no D here"):
         rb.paired_iterations(tmp_path, lambda: None, 1, quick=True)

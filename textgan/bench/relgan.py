@@ -24,6 +24,7 @@ import resource
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -93,7 +94,7 @@ def textgan_pytorch_times(checkout: str | Path, quick: bool = False) -> tuple[fl
     return g, d
 
 
-def paired_iterations(checkout: str | Path, ours, pairs: int,
+def paired_iterations(checkout: str | Path, ours: Callable[[], None], pairs: int,
                       quick: bool = False) -> list[tuple[float, float]]:
     """``pairs`` pairs ``(TextGAN-PyTorch s, ours s)`` of single iterations (1 G + 5 D steps)
     run alternately: TextGAN-PyTorch's in a subprocess that waits between them
@@ -107,20 +108,26 @@ def paired_iterations(checkout: str | Path, ours, pairs: int,
             cmd, cwd=checkout, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=err, text=True) as proc:
 
+        def died(before: str) -> RuntimeError:
+            proc.kill()
+            err.seek(0)
+            return RuntimeError(f"TextGAN-PyTorch's harness in {checkout} stopped before "
+                                f"'{before}' (exit {proc.wait()}):\n{err.read()[-2000:]}")
+
         def expect(prefix: str) -> str:
             line = proc.stdout.readline()
             while line and not line.startswith(prefix):
                 line = proc.stdout.readline()
             if not line:
-                proc.kill()
-                err.seek(0)
-                raise RuntimeError(f"TextGAN-PyTorch's harness in {checkout} stopped before "
-                                   f"'{prefix}' (exit {proc.wait()}):\n{err.read()[-2000:]}")
+                raise died(prefix)
             return line
 
         def theirs() -> float:
-            proc.stdin.write("iteration\n")
-            proc.stdin.flush()
+            try:
+                proc.stdin.write("iteration\n")
+                proc.stdin.flush()
+            except BrokenPipeError:
+                raise died("TIME ") from None
             return float(expect("TIME ").split()[1])
 
         def mine() -> float:
