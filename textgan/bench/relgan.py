@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import os
 import resource
+import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -101,8 +103,6 @@ def paired_iterations(checkout: str | Path, ours: Callable[[], None], pairs: int
     (``textgan_pytorch_relgan --serve``), ours by calling ``ours()``; every other pair runs ours
     first. The two times of a pair are taken seconds apart, so a slow phase of a shared machine
     lands on both (the before/after means of :func:`textgan_pytorch_times` are minutes apart)."""
-    import tempfile
-
     cmd, env, checkout = _harness(checkout, quick, "--serve")
     with tempfile.TemporaryFile("w+") as err, subprocess.Popen(
             cmd, cwd=checkout, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -191,8 +191,6 @@ PAIRS = 6  # alternating iteration pairs of the like-for-like configuration
 def _paired_row(checkout, model, pairs: int, quick: bool) -> dict:
     """The like-for-like speed-up (TextGAN-PyTorch's D, Gumbel-Softmax, float32) from
     :func:`paired_iterations`: the median of the pairs' ratios, and each ratio."""
-    import statistics
-
     G, D, opt_g, opt_d, real = model
     cfg = RelGANConfig()
 

@@ -56,21 +56,22 @@ def main() -> None:
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
         opt.step()
 
+    def iteration() -> None:
+        step(True)
+        for _ in range(5):
+            step(False)
+
     # warm-up: one whole iteration. Its first steps run ~30% slower than its steady state
     # (session 15: 28.0, 24.9, 26.1, 24.4, 24.2, 22.3, 23.2 s for its first 7 iterations), so
     # timing after one G and one D step, as until then, overstated its iteration time.
-    step(True)
-    for _ in range(5):
-        step(False)
+    iteration()
     if "--serve" in sys.argv:
         print("READY", flush=True)
         for line in sys.stdin:
             if line.strip() != "iteration":
                 break
             start = time.perf_counter()
-            step(True)
-            for _ in range(5):
-                step(False)
+            iteration()
             print(f"TIME {time.perf_counter() - start:.6f}", flush=True)
         return
     times = {}

@@ -235,7 +235,7 @@ class RMCGenerator(nn.Module):
         memory = self.init_state(inputs.shape[0])
         states = []
         # unbind, not x[:, t]: the backward of T slices of a (B, T, F) tensor fills and adds T
-        # full-size gradients (O(T^2) memory traffic, a third of an MLE step at T = 37);
+        # full-size gradients (O(T^2) memory traffic, ~20% of an MLE step at T = 37);
         # unbind's backward stacks the T pieces once (the same values)
         for row, qkv, gates in zip(x_row.unbind(1), x_qkv.unbind(1), x_gates.unbind(1),
                                    strict=True):
