@@ -11,7 +11,9 @@ followed by one matmul per filter size (equal to ``F.conv2d`` with the stored ``
 weights, ~30% faster on CPU than ``conv2d``); the bias and the ReLU are applied *after* the
 max-pool, which gives the same values because both are monotone: ``max_t relu(s_t + b) =
 relu(max_t s_t + b)``. Only differentiable built-in ops are used, so double backward (the WGAN-GP
-gradient penalty) works.
+gradient penalty) works. On the CPU, RelGAN's discriminator runs all filter sizes' convolution +
+max-over-time in compiled kernels (:mod:`textgan.models.cpu_kernels`, built on first use; the
+ops above when they cannot be built or ``TEXTGAN_CPU_KERNELS=0``).
 
 References:
     * Nie, Narodytska, Patel. RelGAN: Relational Generative Adversarial Networks for Text
@@ -32,6 +34,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from textgan.models import cpu_kernels
 
 __all__ = ["RelGANDiscriminator", "SeqGANDiscriminator", "Highway"]
 
@@ -132,49 +136,95 @@ class _ConvMaxPool(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor):
         emb, weight, index = ctx.saved_tensors
-        f = ctx.f
-        B, T, R, d = emb.shape
-        n, K, Tp = weight.shape[0], f * d, T - f + 1
-        w = weight.reshape(n, K)
-        grad = grad.to(w.dtype)
-        grad_emb = grad_w = None
-        if K <= Tp:  # gather the winning windows, one window element (j, e) at a time
-            # win[b, r, t, j d + e] = emb[b, t + j, r, e]: for each (j, e) the (B, R, T')
-            # slice is a view of emb; gathering and scattering (b, R, n) values per element is
-            # ~2x faster than one gather / scatter over an expanded (B, R, n, K) index, and
-            # doing it for a few batch rows at a time (the (b, R, n) tensors stay in the
-            # core's cache) another ~20% (measured, 1 thread).
-            src = emb.to(w.dtype).permute(0, 2, 3, 1)  # (B, R, d, T)
-            rows = _rows_per_chunk(R * n, _BACKWARD_CHUNK_ELEMENTS, B, emb.device)
-            acc = src.new_zeros(B, R, d, T) if ctx.needs_input_grad[0] else None
-            for s in range(0, B, rows):
-                g, x = grad[s:s + rows], src[s:s + rows]
-                shifted = [index[s:s + rows] + j for j in range(f)]  # t* + j: element j's row
-                if ctx.needs_input_grad[1]:
-                    cols = torch.stack([(g * x[:, :, e].gather(2, shifted[j])).sum((0, 1))
-                                        for j in range(f) for e in range(d)], dim=-1)
-                    grad_w = cols if grad_w is None else grad_w + cols  # (n, K), K as (j, e)
-                if acc is not None:
-                    for j in range(f):
-                        for e in range(d):
-                            acc[s:s + rows, :, e].scatter_add_(2, shifted[j], g * w[:, j * d + e])
-            if acc is not None:
-                grad_emb = acc.permute(0, 3, 1, 2).to(emb.dtype)  # (B, T, R, d)
-        else:  # dense scatter of the pooled gradient: B*R*T'*n values
-            win = _windows(emb, f).to(w.dtype).permute(0, 2, 1, 3)  # (B, R, T', K)
-            dense = grad.new_zeros(B, R, n, Tp).scatter(3, index.unsqueeze(-1), grad.unsqueeze(-1))
-            dense = dense.transpose(2, 3)  # (B, R, T', n)
-            if ctx.needs_input_grad[1]:
-                grad_w = torch.einsum("brtn,brtk->nk", dense, win)
-            if ctx.needs_input_grad[0]:
-                grad_win = torch.matmul(dense, w)
-                grad_win = grad_win.reshape(B, R, Tp, f, d).permute(0, 2, 1, 3, 4)  # (B,T',R,f,d)
-                grad_emb = sum(F.pad(grad_win[:, :, :, j], (0, 0, 0, 0, j, f - 1 - j))
-                               for j in range(f))
-                grad_emb = grad_emb.to(emb.dtype)
-        if grad_w is not None:
-            grad_w = grad_w.reshape(weight.shape).to(weight.dtype)
+        grad_emb, grad_w = _conv_max_pool_grad(emb, weight, index, grad, ctx.f,
+                                               *ctx.needs_input_grad[:2])
         return grad_emb, grad_w, None
+
+
+def _conv_max_pool_grad(emb: Tensor, weight: Tensor, index: Tensor, grad: Tensor, f: int,
+                        need_emb: bool, need_weight: bool) -> tuple[Tensor | None, Tensor | None]:
+    """Gradients of :class:`_ConvMaxPool`'s output for ``emb`` and ``weight`` (``None`` where not
+    needed) from the argmax ``index`` ``(B, R, n)``, written with differentiable ops."""
+    B, T, R, d = emb.shape
+    n, K, Tp = weight.shape[0], f * d, T - f + 1
+    w = weight.reshape(n, K)
+    grad = grad.to(w.dtype)
+    grad_emb = grad_w = None
+    if K <= Tp:  # gather the winning windows, one window element (j, e) at a time
+        # win[b, r, t, j d + e] = emb[b, t + j, r, e]: for each (j, e) the (B, R, T')
+        # slice is a view of emb; gathering and scattering (b, R, n) values per element is
+        # ~2x faster than one gather / scatter over an expanded (B, R, n, K) index, and
+        # doing it for a few batch rows at a time (the (b, R, n) tensors stay in the
+        # core's cache) another ~20% (measured, 1 thread).
+        src = emb.to(w.dtype).permute(0, 2, 3, 1)  # (B, R, d, T)
+        rows = _rows_per_chunk(R * n, _BACKWARD_CHUNK_ELEMENTS, B, emb.device)
+        acc = src.new_zeros(B, R, d, T) if need_emb else None
+        for s in range(0, B, rows):
+            g, x = grad[s:s + rows], src[s:s + rows]
+            shifted = [index[s:s + rows] + j for j in range(f)]  # t* + j: element j's row
+            if need_weight:
+                cols = torch.stack([(g * x[:, :, e].gather(2, shifted[j])).sum((0, 1))
+                                    for j in range(f) for e in range(d)], dim=-1)
+                grad_w = cols if grad_w is None else grad_w + cols  # (n, K), K as (j, e)
+            if acc is not None:
+                for j in range(f):
+                    for e in range(d):
+                        acc[s:s + rows, :, e].scatter_add_(2, shifted[j], g * w[:, j * d + e])
+        if acc is not None:
+            grad_emb = acc.permute(0, 3, 1, 2).to(emb.dtype)  # (B, T, R, d)
+    else:  # dense scatter of the pooled gradient: B*R*T'*n values
+        win = _windows(emb, f).to(w.dtype).permute(0, 2, 1, 3)  # (B, R, T', K)
+        dense = grad.new_zeros(B, R, n, Tp).scatter(3, index.unsqueeze(-1), grad.unsqueeze(-1))
+        dense = dense.transpose(2, 3)  # (B, R, T', n)
+        if need_weight:
+            grad_w = torch.einsum("brtn,brtk->nk", dense, win)
+        if need_emb:
+            grad_win = torch.matmul(dense, w)
+            grad_win = grad_win.reshape(B, R, Tp, f, d).permute(0, 2, 1, 3, 4)  # (B,T',R,f,d)
+            grad_emb = sum(F.pad(grad_win[:, :, :, j], (0, 0, 0, 0, j, f - 1 - j))
+                           for j in range(f))
+            grad_emb = grad_emb.to(emb.dtype)
+    if grad_w is not None:
+        grad_w = grad_w.reshape(weight.shape).to(weight.dtype)
+    return grad_emb, grad_w
+
+
+class _KernelConvMaxPool(torch.autograd.Function):
+    """All filter sizes' :class:`_ConvMaxPool` at once through the compiled CPU kernels
+    (:mod:`textgan.models.cpu_kernels`): ``(B, T, R, d)``, weights ``(n_i, 1, f_i, d)`` ->
+    ``(B, R, sum n_i)``, no bias. The kernels compute each (batch row, representation)'s scores
+    in registers and keep the running maximum and its time step, so the ``(B, T', R, n)`` scores
+    never reach memory; backward accumulates the winning windows' gradients per row. A backward
+    that must itself be differentiable (the WGAN-GP penalty's double backward) takes the
+    PyTorch ops of :func:`_conv_max_pool_grad` instead."""
+
+    @staticmethod
+    def forward(ctx, emb: Tensor, *weights: Tensor) -> Tensor:
+        values, index = cpu_kernels.conv_max_pool(emb, list(weights))
+        ctx.save_for_backward(emb, index, *weights)
+        return values
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        emb, index, *weights = ctx.saved_tensors
+        need_emb, need_w = ctx.needs_input_grad[0], any(ctx.needs_input_grad[1:])
+        if torch.is_grad_enabled():
+            grad_emb, grad_ws, col = None, [], 0
+            for w in weights:
+                n = w.shape[0]
+                g_e, g_w = _conv_max_pool_grad(emb, w, index[..., col:col + n].long(),
+                                               grad[..., col:col + n], w.shape[2], need_emb,
+                                               need_w)
+                grad_emb = g_e if grad_emb is None else grad_emb + g_e
+                grad_ws.append(g_w)
+                col += n
+        else:
+            grad_emb, grad_ws = cpu_kernels.conv_max_pool_backward(emb, weights, index, grad,
+                                                                   need_emb, need_w)
+        if grad_ws is None:
+            grad_ws = [None] * len(weights)
+        return (grad_emb, *(g if need else None
+                            for g, need in zip(grad_ws, ctx.needs_input_grad[1:], strict=True)))
 
 
 def _conv_max_pool(emb: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
@@ -386,6 +436,12 @@ class RelGANDiscriminator(nn.Module):
         B, T, _ = emb.shape
         self._check_length(T)
         emb = emb.view(B, T, self.num_rep, self.rep_dim)
+        weights = [c.weight for c in self.convs]
+        with torch.autocast(emb.device.type, enabled=False):  # see _conv_max_pool
+            e = emb.to(weights[0].dtype)
+            if cpu_kernels.supports(e, weights):
+                bias = torch.cat([c.bias for c in self.convs])
+                return torch.relu(_KernelConvMaxPool.apply(e, *weights) + bias)
         pooled = [_conv_max_pool(emb, c.weight, c.bias) for c in self.convs]  # (B, R, n_f) each
         return torch.relu(torch.cat(pooled, dim=-1))
 

@@ -1,0 +1,190 @@
+"""The compiled CPU kernels of RelGAN's discriminator (textgan/models/cpu_kernels.c) against the
+PyTorch path: values, argmax, gradients, double backward, threads, and the fallbacks when the
+kernels are switched off or cannot be built."""
+
+import logging
+
+import pytest
+import torch
+
+from textgan.models import cpu_kernels as ck
+from textgan.models import discriminators as Dm
+from textgan.models.discriminators import RelGANDiscriminator
+
+needs_kernels = pytest.mark.skipif(not ck.available(), reason="no C compiler for the kernels")
+
+
+def _pytorch_path(emb, weights):
+    """Values and first-maximum indices of the PyTorch path (:class:`Dm._ConvMaxPool`)."""
+    values, index = [], []
+    for w in weights:
+        f = w.shape[2]
+        scores = torch.matmul(Dm._windows(emb, f), w.reshape(w.shape[0], -1).t())
+        best = scores.max(dim=1)
+        values.append(best.values)
+        index.append(best.indices)
+    return torch.cat(values, -1), torch.cat(index, -1)
+
+
+def _inputs(B, T, R, d, sizes, dtype=torch.double, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    emb = torch.randn(B, T, R, d, generator=g, dtype=dtype, requires_grad=True)
+    ws = [torch.randn(n, 1, f, d, generator=g, dtype=dtype, requires_grad=True)
+          for f, n in sizes]
+    return emb, ws
+
+
+@needs_kernels
+@pytest.mark.parametrize("B, T, R, d, sizes", [
+    (3, 9, 4, 1, [(2, 5), (3, 17), (5, 16)]),  # RelGAN's d = 1; column counts around 16
+    (2, 7, 3, 2, [(2, 33), (3, 1)]),  # d = 2: windows over two dims per step
+    (5, 5, 2, 1, [(5, 20)]),  # T = f: one window
+    (1, 12, 1, 3, [(4, 7)]),  # one row, one representation, K = 12 (the generic loop)
+])
+@pytest.mark.parametrize("dtype", [torch.double, torch.float])
+def test_kernel_forward_and_backward_match_the_pytorch_path(B, T, R, d, sizes, dtype):
+    emb, ws = _inputs(B, T, R, d, sizes, dtype)
+    values, index = ck.conv_max_pool(emb, ws)
+    want_values, want_index = _pytorch_path(emb, ws)
+    tol = 1e-12 if dtype == torch.double else 1e-5
+    assert index.dtype == torch.int32 and values.shape == (B, R, sum(n for _, n in sizes))
+    assert torch.equal(index.long(), want_index)  # random scores: no ties
+    assert torch.allclose(values, want_values, rtol=0, atol=tol)
+    g = torch.randn_like(values)
+    grad_emb, grad_ws = ck.conv_max_pool_backward(emb, ws, index, g, True, True)
+    want = torch.autograd.grad(want_values, [emb, *ws], g)
+    assert torch.allclose(grad_emb, want[0], rtol=0, atol=tol * 10)
+    for got, ref in zip(grad_ws, want[1:], strict=True):
+        assert got.shape == ref.shape and torch.allclose(got, ref, rtol=0, atol=tol * 10)
+    only_emb = ck.conv_max_pool_backward(emb, ws, index, g, True, False)
+    assert torch.equal(only_emb[0], grad_emb) and only_emb[1] is None
+    assert ck.conv_max_pool_backward(emb, ws, index, g, False, True)[0] is None
+
+
+@needs_kernels
+def test_kernel_ties_take_the_first_maximum_and_nan_the_last():
+    """Repeated values tie (the first time step wins, as in ``max``); a NaN score propagates
+    with the index of the last NaN (``max_pool2d``'s rule, which the PyTorch path uses)."""
+    emb = torch.tensor([1.0, 2.0, 2.0, 1.0, 2.0, 0.0]).reshape(1, 6, 1, 1)
+    w = torch.tensor([1.0, 0.0, -1.0]).reshape(3, 1, 1, 1)  # f = 1: scores are x, 0, -x
+    values, index = ck.conv_max_pool(emb, [w])
+    assert values.flatten().tolist() == [2.0, 0.0, 0.0] and index.flatten().tolist() == [1, 0, 5]
+    emb[0, 2, 0, 0] = emb[0, 4, 0, 0] = float("nan")
+    values, index = ck.conv_max_pool(emb, [w])
+    assert values[0, 0, 0].isnan() and index[0, 0, 0] == 4
+
+
+@needs_kernels
+def test_discriminator_with_kernels_matches_without_and_passes_gradcheck(monkeypatch):
+    torch.manual_seed(0)
+    D = RelGANDiscriminator(30, embed_dim=8, num_rep=8, filter_sizes=(2, 3), num_filters=(5, 18),
+                            hidden_dim=7).double().eval()
+    x = torch.softmax(torch.randn(3, 6, 30, dtype=torch.double) * 3, -1).requires_grad_()
+    fast = D(x)
+    grads = torch.autograd.grad(fast.sum(), [x, *D.parameters()])
+    calls = []
+    monkeypatch.setattr(Dm._KernelConvMaxPool, "apply", lambda *a: calls.append(1))
+    monkeypatch.setattr(ck, "supports", lambda emb, weights: False)
+    slow = D(x)
+    assert not calls  # the PyTorch path
+    want = torch.autograd.grad(slow.sum(), [x, *D.parameters()])
+    assert torch.allclose(fast, slow, rtol=0, atol=1e-12)
+    assert all(torch.allclose(a, b, rtol=0, atol=1e-12) for a, b in zip(grads, want, strict=True))
+    monkeypatch.undo()
+    assert torch.autograd.gradcheck(D, (x,))
+    assert torch.autograd.gradgradcheck(D, (x,))  # double backward: the PyTorch ops
+
+
+@needs_kernels
+def test_gradient_penalty_through_the_kernels_equals_the_pytorch_path(monkeypatch):
+    from textgan.losses import gradient_penalty
+
+    torch.manual_seed(1)
+    D = RelGANDiscriminator(20, embed_dim=4, num_rep=4, filter_sizes=(2, 3), num_filters=(6, 6),
+                            hidden_dim=5).double().eval()
+    real = torch.nn.functional.one_hot(torch.randint(0, 20, (4, 7)), 20).double()
+    fake = torch.softmax(torch.randn(4, 7, 20, dtype=torch.double), -1)
+
+    def penalty_grads():
+        gp = gradient_penalty(D, real, fake, rng=torch.Generator().manual_seed(0))
+        grads = torch.autograd.grad(gp, list(D.parameters()), allow_unused=True)
+        return gp, [g for g in grads if g is not None]  # the output bias is unused
+
+    gp, grads = penalty_grads()
+    monkeypatch.setattr(ck, "supports", lambda emb, weights: False)
+    gp_ref, grads_ref = penalty_grads()
+    assert torch.allclose(gp, gp_ref, rtol=0, atol=1e-12) and len(grads) == len(grads_ref) > 5
+    assert all(torch.allclose(a, b, rtol=0, atol=1e-12)
+               for a, b in zip(grads, grads_ref, strict=True))
+    assert max(g.abs().max() for g in grads) > 0
+
+
+@needs_kernels
+def test_kernel_results_do_not_depend_on_the_thread_count():
+    """Rows are split over threads: values, indices and the input gradient are bitwise the same
+    for 1 and 3 threads; the weight gradient's partial sums are added in another grouping."""
+    emb, ws = _inputs(7, 10, 4, 1, [(2, 20), (4, 9)], torch.float)
+    threads = torch.get_num_threads()
+    out = {}
+    try:
+        for t in (1, 3):
+            torch.set_num_threads(t)
+            values, index = ck.conv_max_pool(emb, ws)
+            grads = ck.conv_max_pool_backward(emb, ws, index, torch.ones_like(values), True, True)
+            out[t] = values, index, *grads
+    finally:
+        torch.set_num_threads(threads)
+    one, three = out[1], out[3]
+    assert all(torch.equal(a, b) for a, b in zip(one[:3], three[:3], strict=True))
+    assert all(torch.allclose(a, b, rtol=1e-6, atol=1e-5)
+               for a, b in zip(one[3], three[3], strict=True))
+
+
+@pytest.fixture
+def fresh_kernels(monkeypatch, tmp_path):
+    """The kernel module as if nothing had been built in this process, with its own cache."""
+    monkeypatch.setattr(ck, "_lib", None)
+    monkeypatch.setattr(ck, "_failed", False)
+    monkeypatch.setenv("TEXTGAN_CACHE", str(tmp_path))
+    return tmp_path
+
+
+def test_kernels_can_be_switched_off(fresh_kernels, monkeypatch):
+    monkeypatch.setenv("TEXTGAN_CPU_KERNELS", "0")
+    emb, ws = _inputs(2, 6, 2, 1, [(2, 3)])
+    assert not ck.available() and not ck.supports(emb, ws)
+    assert not list(fresh_kernels.iterdir())  # nothing compiled
+
+
+def test_a_failed_build_warns_once_and_the_discriminator_uses_pytorch(fresh_kernels, monkeypatch,
+                                                                       caplog):
+    monkeypatch.setenv("CC", "false")  # a "compiler" that fails
+    caplog.set_level(logging.WARNING, logger="textgan.models.cpu_kernels")
+    torch.manual_seed(0)
+    D = RelGANDiscriminator(30, embed_dim=4, num_rep=4, filter_sizes=(2, 3), num_filters=(5, 6),
+                            hidden_dim=7).eval()
+    x = torch.randint(0, 30, (2, 6))
+    out = D(x)
+    D(x)
+    warnings = [r for r in caplog.records if "kernels unavailable" in r.getMessage()]
+    assert len(warnings) == 1 and "false" in warnings[0].getMessage()
+    emb = D.embedding(x).view(2, 6, 4, 1)
+    want = torch.relu(torch.cat([Dm._conv_max_pool(emb, c.weight, c.bias) for c in D.convs], -1))
+    assert torch.equal(D.features(x), want) and out.shape == (2, 4)
+
+
+@needs_kernels
+def test_the_build_is_cached_and_reused(fresh_kernels, monkeypatch):
+    run, compiles = ck.subprocess.run, []
+
+    def recording_run(cmd, **kw):
+        compiles.extend([cmd] if "-shared" in cmd else [])
+        return run(cmd, **kw)
+
+    monkeypatch.setattr(ck.subprocess, "run", recording_run)
+    assert ck.available() and len(compiles) == 1
+    built = list((fresh_kernels / "kernels").iterdir())
+    assert [p.name[:12] for p in built] == ["cpu_kernels-"]  # the temporary file renamed away
+    monkeypatch.setattr(ck, "_lib", None)  # a new process, the same cache
+    assert ck.available() and len(compiles) == 1  # loaded, not compiled again
+    assert list((fresh_kernels / "kernels").iterdir()) == built

@@ -1,0 +1,240 @@
+"""Compiled CPU kernels for RelGAN's discriminator: convolution + max-over-time and its backward.
+
+``cpu_kernels.c`` (next to this file) is compiled on first use with the system's C compiler
+(``$CC``, else ``cc``; ``-O3 -march=native``) into a shared library cached under
+``$TEXTGAN_CACHE`` (default ``~/.cache/textgan``), keyed by the source, the compiler's version
+and the CPU, and loaded with :mod:`ctypes`: no libtorch headers (it compiles in about a second),
+no OpenMP (batch rows are split over a thread pool of ``torch.get_num_threads()`` workers;
+ctypes releases the GIL during the calls). Everything stays on the PyTorch path when
+``TEXTGAN_CPU_KERNELS=0``, when no compiler is found or when the build fails (a warning is
+logged once, with the compiler's message).
+
+Results agree with the PyTorch path to rounding (the sums run in another order). Per call they
+depend on the number of threads only through the order in which the weight gradient's partial
+sums are added, so a run with a fixed thread count is bit-reproducible.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+__all__ = ["available", "conv_max_pool", "conv_max_pool_backward", "supports"]
+
+log = logging.getLogger(__name__)
+
+_SOURCE = Path(__file__).with_name("cpu_kernels.c")
+_LANES = 16  # columns per vector block in cpu_kernels.c (float32; float64 uses 8)
+_MAX_WINDOW = 16  # window elements f * d kept in registers by the forward kernel
+_MAX_ROW = 1 << 16  # L * d values per (b, r) row on the kernel's stack
+
+_lock = threading.Lock()
+_lib: ctypes.CDLL | None = None
+_failed = False
+_pool: tuple[int, ThreadPoolExecutor] | None = None
+
+
+def _cpu_id() -> str:
+    """The CPU's model and feature flags (Linux), so that a cache shared between machines never
+    hands a ``-march=native`` build to another kind of CPU."""
+    try:
+        info = Path("/proc/cpuinfo").read_text(errors="replace").splitlines()
+        wanted = ("model name", "flags", "Features", "CPU part")
+        lines = sorted({ln for ln in info if ln.split(":")[0].strip() in wanted})
+        return "\n".join(lines)
+    except OSError:
+        return platform.processor()
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("TEXTGAN_CACHE")
+    if root:
+        return Path(root)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "textgan"
+
+
+def _build() -> ctypes.CDLL:
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if not cc:
+        raise RuntimeError("no C compiler found (set $CC or install gcc)")
+    version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=60)
+    source = _SOURCE.read_bytes()
+    key = hashlib.sha256(b"\0".join([source, version.stdout.encode(), _cpu_id().encode(),
+                                     platform.machine().encode()])).hexdigest()[:16]
+    for folder in (_cache_dir() / "kernels", Path(tempfile.gettempdir()) / "textgan-kernels"):
+        target = folder / f"cpu_kernels-{key}.so"
+        if target.exists():
+            return ctypes.CDLL(str(target))
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(suffix=".so", dir=folder)
+        except OSError:
+            continue  # not writable: try the next folder
+        os.close(fd)
+        try:
+            cmd = [cc, "-O3", "-march=native", "-shared", "-fPIC", "-o", tmp, str(_SOURCE)]
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+            if done.returncode:
+                raise RuntimeError(f"`{' '.join(cmd)}` failed:\n{done.stderr.strip()}")
+            os.replace(tmp, target)  # atomic: concurrent builds never load a half-written file
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return ctypes.CDLL(str(target))
+    raise RuntimeError(f"no writable folder for the compiled kernels (tried {_cache_dir()})")
+
+
+def _declare(lib: ctypes.CDLL) -> None:
+    P, I = ctypes.c_void_p, ctypes.c_int64
+    for bits in (32, 64):
+        fwd = getattr(lib, f"textgan_conv_max_fwd_{bits}")
+        fwd.argtypes, fwd.restype = [P, I, I, I, I, I, P, I, I, I, P, P, I], None
+        bwd = getattr(lib, f"textgan_conv_max_bwd_{bits}")
+        bwd.argtypes, bwd.restype = [P, I, I, I, I, I, P, I, I, I, P, P, I, P, P], None
+
+
+def available() -> bool:
+    """Whether the compiled kernels can be used (built and loaded on the first call)."""
+    global _lib, _failed
+    if _lib is not None:
+        return True
+    if _failed or os.environ.get("TEXTGAN_CPU_KERNELS", "1") == "0":
+        return False
+    with _lock:
+        if _lib is None and not _failed:
+            try:
+                lib = _build()
+                _declare(lib)
+                _lib = lib
+                log.info("textgan: using the compiled CPU kernels for the discriminator")
+            except (OSError, RuntimeError, subprocess.SubprocessError) as err:
+                _failed = True
+                log.warning("textgan: compiled CPU kernels unavailable, using PyTorch ops "
+                            "(slower; TEXTGAN_CPU_KERNELS=0 silences this): %s", err)
+    return _lib is not None
+
+
+def supports(emb: Tensor, weights: list[Tensor]) -> bool:
+    """Whether the kernels take this input: CPU, float32/float64, contiguous-able, small
+    windows (``f * d <= 16``) and rows (``L * d <= 65536``)."""
+    if emb.device.type != "cpu" or emb.dtype not in (torch.float32, torch.float64):
+        return False
+    _, L, _, d = emb.shape
+    if L * d > _MAX_ROW or any(w.dtype != emb.dtype or w.shape[2] * d > _MAX_WINDOW
+                               or w.shape[2] > L for w in weights):
+        return False
+    return available()
+
+
+def _executor() -> tuple[int, ThreadPoolExecutor | None]:
+    global _pool
+    threads = max(1, torch.get_num_threads())
+    if threads == 1:
+        return 1, None
+    if _pool is None or _pool[0] != threads:
+        old, _pool = _pool, (threads, ThreadPoolExecutor(threads, "textgan-kernel"))
+        if old is not None:
+            old[1].shutdown(wait=False)
+    return _pool
+
+
+def _run(job, rows: int) -> list:
+    """``job(b0, b1)`` over ``rows`` batch rows, split into one contiguous range per thread."""
+    threads, pool = _executor()
+    parts = min(threads, rows)
+    bounds = [rows * i // parts for i in range(parts + 1)]
+    ranges = list(zip(bounds[:-1], bounds[1:], strict=True))
+    if pool is None or parts == 1:
+        return [job(b0, b1) for b0, b1 in ranges]
+    return list(pool.map(lambda r: job(*r), ranges))
+
+
+def _transposed(weight: Tensor) -> tuple[Tensor, int, int]:
+    """``(n, 1, f, d)`` -> ``(f d, np)`` contiguous, columns zero-padded to a multiple of 16."""
+    n = weight.shape[0]
+    np_ = -(-n // _LANES) * _LANES
+    wt = weight.new_zeros(weight.shape[2] * weight.shape[3], np_)
+    wt[:, :n] = weight.detach().reshape(n, -1).t()
+    return wt, n, np_
+
+
+def conv_max_pool(emb: Tensor, weights: list[Tensor]) -> tuple[Tensor, Tensor]:
+    """Max over time of every filter's VALID convolution, all filter sizes side by side.
+
+    Args:
+        emb: ``(B, L, R, d)``.
+        weights: ``(n_i, 1, f_i, d)`` each (``nn.Conv2d(1, n_i, (f_i, d), stride=(1, d))``).
+
+    Returns:
+        ``(values, index)``, ``(B, R, sum n_i)`` each: the maximum over ``t`` of ``sum_{j,e}
+        w[c, 0, j, e] emb[b, t + j, r, e]`` (no bias) and its ``t`` (int32).
+    """
+    emb = emb.detach().contiguous()
+    B, L, R, d = emb.shape
+    total = sum(w.shape[0] for w in weights)
+    values = emb.new_empty(B, R, total)
+    index = torch.empty(B, R, total, dtype=torch.int32)
+    prepared = [_transposed(w) for w in weights]
+    size = emb.element_size()
+    fwd = getattr(_lib, f"textgan_conv_max_fwd_{size * 8}")
+
+    def job(b0: int, b1: int) -> None:
+        col = 0
+        for w, (wt, n, np_) in zip(weights, prepared, strict=True):
+            fwd(emb.data_ptr(), b0, b1, L, R, d, wt.data_ptr(), n, np_, w.shape[2],
+                values.data_ptr() + size * col, index.data_ptr() + 4 * col, total)
+            col += n
+
+    _run(job, B)
+    return values, index
+
+
+def conv_max_pool_backward(emb: Tensor, weights: list[Tensor], index: Tensor, grad: Tensor,
+                           need_emb: bool, need_weights: bool
+                           ) -> tuple[Tensor | None, list[Tensor] | None]:
+    """Gradients of :func:`conv_max_pool`'s values given ``grad`` ``(B, R, sum n_i)``: for
+    ``emb`` (``(B, L, R, d)``) and each weight (its shape), each ``None`` when not needed."""
+    emb = emb.detach().contiguous()
+    grad = grad.detach().to(emb.dtype).contiguous()
+    index = index.to(torch.int32).contiguous()
+    B, L, R, d = emb.shape
+    total = grad.shape[-1]
+    prepared = [_transposed(w) for w in weights]
+    grad_emb = torch.zeros_like(emb) if need_emb else None
+    size = emb.element_size()
+    bwd = getattr(_lib, f"textgan_conv_max_bwd_{size * 8}")
+
+    def job(b0: int, b1: int) -> list[Tensor] | None:
+        partial = [wt.new_zeros(wt.shape) for wt, _, _ in prepared] if need_weights else None
+        col = 0
+        for i, (w, (wt, n, np_)) in enumerate(zip(weights, prepared, strict=True)):
+            bwd(emb.data_ptr(), b0, b1, L, R, d, wt.data_ptr(), n, np_, w.shape[2],
+                grad.data_ptr() + size * col, index.data_ptr() + 4 * col, total,
+                grad_emb.data_ptr() if need_emb else None,
+                partial[i].data_ptr() if need_weights else None)
+            col += n
+        return partial
+
+    partials = _run(job, B)
+    grad_weights = None
+    if need_weights:  # the threads' partial sums, added in a fixed order
+        grad_weights = []
+        for i, (w, (_, n, _)) in enumerate(zip(weights, prepared, strict=True)):
+            total_i = partials[0][i]
+            for p in partials[1:]:
+                total_i = total_i + p[i]
+            grad_weights.append(total_i[:, :n].t().reshape(w.shape).to(w.dtype))
+    return grad_emb, grad_weights
