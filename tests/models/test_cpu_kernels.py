@@ -77,14 +77,15 @@ def test_kernel_ties_take_the_first_maximum_and_nan_the_last():
 @needs_kernels
 def test_discriminator_with_kernels_matches_without_and_passes_gradcheck(monkeypatch):
     torch.manual_seed(0)
-    D = RelGANDiscriminator(30, embed_dim=8, num_rep=8, filter_sizes=(2, 3), num_filters=(5, 18),
+    D = RelGANDiscriminator(12, embed_dim=8, num_rep=8, filter_sizes=(2, 3), num_filters=(5, 18),
                             hidden_dim=7).double().eval()
-    x = torch.softmax(torch.randn(3, 6, 30, dtype=torch.double) * 3, -1).requires_grad_()
+    x = torch.softmax(torch.randn(2, 5, 12, dtype=torch.double) * 3, -1).requires_grad_()
     fast = D(x)
     grads = torch.autograd.grad(fast.sum(), [x, *D.parameters()])
     calls = []
     monkeypatch.setattr(Dm._KernelConvMaxPool, "apply", lambda *a: calls.append(1))
     monkeypatch.setattr(ck, "supports", lambda emb, weights: False)
+    monkeypatch.setattr(ck, "supports_head", lambda x, weight: False)
     slow = D(x)
     assert not calls  # the PyTorch path
     want = torch.autograd.grad(slow.sum(), [x, *D.parameters()])
@@ -112,6 +113,7 @@ def test_gradient_penalty_through_the_kernels_equals_the_pytorch_path(monkeypatc
 
     gp, grads = penalty_grads()
     monkeypatch.setattr(ck, "supports", lambda emb, weights: False)
+    monkeypatch.setattr(ck, "supports_head", lambda x, weight: False)
     gp_ref, grads_ref = penalty_grads()
     assert torch.allclose(gp, gp_ref, rtol=0, atol=1e-12) and len(grads) == len(grads_ref) > 5
     assert all(torch.allclose(a, b, rtol=0, atol=1e-12)
@@ -138,6 +140,100 @@ def test_kernel_results_do_not_depend_on_the_thread_count():
     assert all(torch.equal(a, b) for a, b in zip(one[:3], three[:3], strict=True))
     assert all(torch.allclose(a, b, rtol=1e-6, atol=1e-5)
                for a, b in zip(one[3], three[3], strict=True))
+
+
+def _head_inputs(N, F, shared, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(N, F, generator=g, dtype=dtype).relu().requires_grad_()
+    weight = (torch.randn(F * (1 if shared else 2), F, generator=g, dtype=dtype) / F ** 0.5)
+    bias = torch.randn(weight.shape[0], generator=g, dtype=dtype) if shared else None
+    v = torch.randn(F, generator=g, dtype=dtype)
+    keep = torch.randint(0, 256, (N, F), generator=g, dtype=torch.uint8)
+    return [x, weight.requires_grad_(), bias if bias is None else bias.requires_grad_(),
+            v.requires_grad_()], keep
+
+
+@needs_kernels
+@pytest.mark.parametrize("shared", [True, False])
+@pytest.mark.parametrize("dtype", [torch.double, torch.float])
+@pytest.mark.parametrize("dropout", [True, False])
+def test_head_kernel_matches_the_pytorch_ops(shared, dtype, dropout):
+    """Highway (shared or separate), dropout and the output vector: values and all gradients
+    against :func:`Dm._head_eager`; F = 37 runs two full vector blocks and a padded one."""
+    inputs, keep = _head_inputs(11, 37, shared, dtype)
+    keep, threshold, scale = (keep, 64, 4 / 3) if dropout else (None, 0, 1.0)
+    args = (keep, threshold, scale, shared)
+    got = Dm._KernelHead.apply(*inputs, *args)
+    want = Dm._head_eager(*inputs, *args)
+    tol = 1e-12 if dtype == torch.double else 2e-5
+    assert torch.allclose(got, want, rtol=0, atol=tol)
+    g = torch.randn_like(got)
+    used = [t for t in inputs if t is not None]
+    for a, b in zip(torch.autograd.grad(got, used, g), torch.autograd.grad(want, used, g),
+                    strict=True):
+        assert torch.allclose(a, b, rtol=0, atol=tol * 10)
+    if dropout and dtype == torch.double:  # the mask drops about a quarter of the columns
+        assert 0.15 < (keep < threshold).double().mean() < 0.35
+        small, keep = _head_inputs(3, 18, shared, dtype, seed=1)  # one block and a padded one
+        fn = lambda *t: Dm._KernelHead.apply(*t, keep, threshold, scale, shared)  # noqa: E731
+        assert torch.autograd.gradcheck(fn, tuple(small))
+        assert torch.autograd.gradgradcheck(fn, tuple(small))
+
+
+@needs_kernels
+def test_head_kernel_propagates_nan_and_saturates_the_sigmoid():
+    """NaN in the highway's input or product comes out as NaN (as in PyTorch); large
+    pre-activations give sigmoid 0 / 1 without overflow."""
+    x = torch.tensor([[1.0, 2.0], [float("nan"), 1.0], [0.5, -0.5]])
+    v = torch.tensor([1.0, 1.0])
+    H = torch.tensor([[200.0, -200.0], [1.0, 1.0], [float("nan"), 0.0]])
+    out = ck.head(H, x, None, 0, 1.0, v, True)
+    # row 0: sigmoid(200) = 1 -> relu(200) = 200; sigmoid(-200) = 0 -> x = 2
+    assert out[0].item() == pytest.approx(202.0) and out[1:].isnan().all()
+    ref = torch.addcmul(x, torch.sigmoid(H), torch.relu(H) - x) @ v
+    assert ref[1:].isnan().all() and ref[0].item() == pytest.approx(202.0)
+
+
+@needs_kernels
+@pytest.mark.parametrize("kind", ["relgan", "seqgan"])
+def test_discriminators_train_the_same_with_and_without_the_head_kernel(kind, monkeypatch):
+    """Training mode: the kernel path draws the dropout mask from the same random stream as the
+    modules, so outputs and gradients agree (float64) and both leave the generator in the same
+    state."""
+    from textgan.models.discriminators import SeqGANDiscriminator
+
+    torch.manual_seed(0)
+    D = (RelGANDiscriminator(30, embed_dim=8, num_rep=4, filter_sizes=(2, 3),
+                             num_filters=(5, 18), hidden_dim=7, highway="shared")
+         if kind == "relgan" else
+         SeqGANDiscriminator(30, embed_dim=8, filter_sizes=(1, 2), num_filters=(9, 10)))
+    D = D.double().train()
+    x = torch.softmax(torch.randn(3, 6, 30, dtype=torch.double) * 3, -1)
+
+    def run():
+        torch.manual_seed(5)
+        out = D(x)
+        return out, torch.autograd.grad(out.pow(2).sum(), list(D.parameters())), torch.rand(1)
+
+    fast = run()
+    monkeypatch.setattr(ck, "supports_head", lambda x, weight: False)
+    slow = run()
+    assert torch.allclose(fast[0], slow[0], rtol=0, atol=1e-12)
+    assert all(torch.allclose(a, b, rtol=0, atol=1e-11)
+               for a, b in zip(fast[1], slow[1], strict=True))
+    assert torch.equal(fast[2], slow[2])  # the same number of random draws
+
+
+@needs_kernels
+def test_head_kernel_under_autocast_stays_on_the_pytorch_path():
+    D = RelGANDiscriminator(30, embed_dim=8, num_rep=4, filter_sizes=(2, 3), num_filters=(5, 6),
+                            hidden_dim=7).eval()
+    x = torch.randint(0, 30, (2, 6))
+    flat = D.features(x).reshape(-1, 11)
+    assert ck.supports_head(flat, D.highway.lin.weight)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not ck.supports_head(flat, D.highway.lin.weight)
+        assert D(x).shape == (2, 4)
 
 
 @pytest.fixture

@@ -119,3 +119,141 @@
 
 DEFINE_KERNELS(float, 32, 16)
 DEFINE_KERNELS(double, 64, 8)
+
+/* The discriminators' head after the highway's matrix product:
+ *
+ *   y = x + sigmoid(g) * (relu(h) - x)   highway (shared: g = h = H[i, :F]; else h = H[i, :F],
+ *                                         g = H[i, F:]); NaN propagates, as in PyTorch
+ *   z = y * m                             dropout: m = scale if keep[i, k] >= thr else 0
+ *                                         (keep NULL: m = 1)
+ *   out[i] = sum_k v[k] z[i, k]           the linear layers, folded into one vector v
+ *
+ * for rows [i0, i1) of x (N, F) and H (N, ldh). The backward kernel gives, for the gradient
+ * go (N,) of out: gH (N, ldh) (the gradient of the highway's product), gx (N, F) (the gradient
+ * of x through the highway's mix, not through the product) and gv (F,) += sum_i go[i] z[i, :].
+ * Columns run in vector blocks (the last one zero-padded); out sums the blocks' lanes in a fixed
+ * order. sigmoid(g) = 1 / (1 + exp(-g)); float32's exp is a Cephes-style polynomial (within a
+ * few ulp of expf, arguments clamped to [-87, 88]), float64's is libm's, lane by lane.
+ */
+#include <math.h>
+
+#define DEFINE_HEAD(T, SUF, LANES, IT)                                                         \
+    typedef T hv_##SUF __attribute__((vector_size(LANES * sizeof(T)), aligned(sizeof(T))));    \
+    typedef IT hm_##SUF __attribute__((vector_size(LANES * sizeof(T))));                       \
+    typedef uint8_t hb_##SUF __attribute__((vector_size(LANES)));                              \
+                                                                                               \
+    AI hv_##SUF sigmoid_##SUF(hv_##SUF g) { return 1 / (1 + vexp_##SUF(-g)); }                 \
+                                                                                               \
+    AI hv_##SUF relu_##SUF(hv_##SUF h) { return (hv_##SUF)((hm_##SUF)h & ~(h <= 0)); }           \
+                                                                                               \
+    /* the dropout multipliers of LANES columns (bytes padded by the caller) */               \
+    AI hv_##SUF mult_##SUF(const uint8_t *kp, int64_t thr, T scale) {                          \
+        hv_##SUF one = {0};                                                                    \
+        one += (T)1;                                                                           \
+        if (!kp) return one;                                                                   \
+        hb_##SUF b;                                                                            \
+        memcpy(&b, kp, LANES);                                                                 \
+        hm_##SUF on = __builtin_convertvector(b, hm_##SUF) >= (IT)thr;                         \
+        return (hv_##SUF)(on & (hm_##SUF)(one * scale));                                       \
+    }                                                                                          \
+                                                                                               \
+    /* LANES columns starting at k of row i, zero-padded past F (v = 0 there) */              \
+    AI int64_t load_##SUF(const T *h, const T *g, const T *x, const uint8_t *kp, const T *v,   \
+                          int64_t k, int64_t F, hv_##SUF *hv, hv_##SUF *gv, hv_##SUF *xv,      \
+                          hv_##SUF *vv, uint8_t *kb) {                                         \
+        const int64_t m = F - k < LANES ? F - k : LANES;                                       \
+        if (m == LANES) {                                                                      \
+            *hv = *(const hv_##SUF *)(h + k); *gv = *(const hv_##SUF *)(g + k);                \
+            *xv = *(const hv_##SUF *)(x + k); *vv = *(const hv_##SUF *)(v + k);                \
+            if (kp) memcpy(kb, kp + k, LANES);                                                 \
+        } else {                                                                               \
+            hv_##SUF z = {0};                                                                  \
+            *hv = *gv = *xv = *vv = z;                                                         \
+            memset(kb, 0, LANES);                                                              \
+            for (int64_t l = 0; l < m; l++) {                                                  \
+                (*hv)[l] = h[k + l]; (*gv)[l] = g[k + l]; (*xv)[l] = x[k + l];                 \
+                (*vv)[l] = v[k + l];                                                           \
+                if (kp) kb[l] = kp[k + l];                                                     \
+            }                                                                                  \
+        }                                                                                      \
+        return m;                                                                              \
+    }                                                                                          \
+                                                                                               \
+    void textgan_head_fwd_##SUF(const T *H, const T *x, const uint8_t *keep, int64_t thr,      \
+                                T scale, const T *v, int64_t i0, int64_t i1, int64_t F,        \
+                                int64_t ldh, int64_t shared, T *out) {                         \
+        for (int64_t i = i0; i < i1; i++) {                                                    \
+            const T *h = H + i * ldh, *g = h + (shared ? 0 : F), *xi = x + i * F;              \
+            const uint8_t *ki = keep ? keep + i * F : 0;                                       \
+            hv_##SUF acc = {0}, hb, gb, xb, vb;                                                \
+            uint8_t kb[LANES];                                                                 \
+            for (int64_t k = 0; k < F; k += LANES) {                                           \
+                load_##SUF(h, g, xi, ki, v, k, F, &hb, &gb, &xb, &vb, kb);                     \
+                const hv_##SUF y = xb + sigmoid_##SUF(gb) * (relu_##SUF(hb) - xb);             \
+                acc += vb * (mult_##SUF(ki ? kb : 0, thr, scale) * y);                         \
+            }                                                                                  \
+            T sum = 0;                                                                         \
+            for (int l = 0; l < LANES; l++) sum += acc[l];                                     \
+            out[i] = sum;                                                                      \
+        }                                                                                      \
+    }                                                                                          \
+                                                                                               \
+    void textgan_head_bwd_##SUF(const T *H, const T *x, const uint8_t *keep, int64_t thr,      \
+                                T scale, const T *v, const T *gout, int64_t i0, int64_t i1,    \
+                                int64_t F, int64_t ldh, int64_t shared, T *gH, T *gx, T *gv) { \
+        for (int64_t i = i0; i < i1; i++) {                                                    \
+            const T *h = H + i * ldh, *g = h + (shared ? 0 : F), *xi = x + i * F;              \
+            T *gh = gH + i * ldh, *gg = gh + (shared ? 0 : F), *gxi = gx + i * F;              \
+            const uint8_t *ki = keep ? keep + i * F : 0;                                       \
+            const T gi = gout[i];                                                              \
+            hv_##SUF hb, gb, xb, vb;                                                           \
+            uint8_t kb[LANES];                                                                 \
+            for (int64_t k = 0; k < F; k += LANES) {                                           \
+                const int64_t m = load_##SUF(h, g, xi, ki, v, k, F, &hb, &gb, &xb, &vb, kb);   \
+                const hv_##SUF s = sigmoid_##SUF(gb), mu = mult_##SUF(ki ? kb : 0, thr, scale); \
+                const hv_##SUF diff = relu_##SUF(hb) - xb;                                     \
+                const hv_##SUF z = mu * (xb + s * diff), gy = (gi * vb) * mu;                  \
+                const hv_##SUF dh = (hv_##SUF)((hm_##SUF)(gy * s) & (hb > 0));                 \
+                const hv_##SUF dg = gy * diff * s * (1 - s), dx = gy * (1 - s);                \
+                for (int64_t l = 0; l < m; l++) {                                              \
+                    gv[k + l] += gi * z[l];                                                    \
+                    gxi[k + l] = dx[l];                                                        \
+                    if (shared) gh[k + l] = dh[l] + dg[l];                                     \
+                    else { gh[k + l] = dh[l]; gg[k + l] = dg[l]; }                             \
+                }                                                                              \
+            }                                                                                  \
+        }                                                                                      \
+    }
+
+typedef float ev_32 __attribute__((vector_size(64), aligned(4)));
+typedef int32_t ei_32 __attribute__((vector_size(64)));
+typedef double ev_64 __attribute__((vector_size(64), aligned(8)));
+
+AI ev_32 select_32(ei_32 mask, ev_32 a, ev_32 b) {
+    return (ev_32)(((ei_32)a & mask) | ((ei_32)b & ~mask));
+}
+
+AI ev_32 vexp_32(ev_32 x) {
+    /* 2^n p(r) with x = n ln2 + r, |r| <= ln2 / 2 (n rounded to nearest by the 1.5 * 2^23
+     * trick; no -ffast-math, so it is not folded away); NaN stays NaN */
+    const ev_32 zero = {0};
+    const ev_32 c = select_32(x > 88.0f, zero + 88.0f, select_32(x < -87.0f, zero - 87.0f, x));
+    const ev_32 n = (c * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+    const ev_32 r = (c - n * 0.693359375f) + n * 2.12194440e-4f;
+    ev_32 p = r * 1.9875691500e-4f + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    const ev_32 e = (ev_32)((ei_32)p + (__builtin_convertvector(n, ei_32) << 23));
+    return select_32(x != x, x, e);
+}
+
+AI ev_64 vexp_64(ev_64 x) {
+    for (int l = 0; l < 8; l++) x[l] = exp(x[l]);
+    return x;
+}
+
+DEFINE_HEAD(float, 32, 16, int32_t)
+DEFINE_HEAD(double, 64, 8, int64_t)

@@ -1,4 +1,6 @@
-"""Compiled CPU kernels for RelGAN's discriminator: convolution + max-over-time and its backward.
+"""Compiled CPU kernels for the CNN discriminators: RelGAN's convolution + max-over-time, and the
+head after the highway's matrix product (highway mix, dropout, the linear output), each with its
+backward.
 
 ``cpu_kernels.c`` (next to this file) is compiled on first use with the system's C compiler
 (``$CC``, else ``cc``; ``-O3 -march=native``) into a shared library cached under
@@ -31,7 +33,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-__all__ = ["available", "conv_max_pool", "conv_max_pool_backward", "supports"]
+__all__ = ["available", "conv_max_pool", "conv_max_pool_backward", "head", "head_backward",
+           "supports", "supports_head"]
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +107,11 @@ def _declare(lib: ctypes.CDLL) -> None:
         fwd.argtypes, fwd.restype = [P, I, I, I, I, I, P, I, I, I, P, P, I], None
         bwd = getattr(lib, f"textgan_conv_max_bwd_{bits}")
         bwd.argtypes, bwd.restype = [P, I, I, I, I, I, P, I, I, I, P, P, I, P, P], None
+        S = ctypes.c_float if bits == 32 else ctypes.c_double
+        fwd = getattr(lib, f"textgan_head_fwd_{bits}")
+        fwd.argtypes, fwd.restype = [P, P, P, I, S, P, I, I, I, I, I, P], None
+        bwd = getattr(lib, f"textgan_head_bwd_{bits}")
+        bwd.argtypes, bwd.restype = [P, P, P, I, S, P, P, I, I, I, I, I, P, P, P], None
 
 
 def available() -> bool:
@@ -238,3 +246,69 @@ def conv_max_pool_backward(emb: Tensor, weights: list[Tensor], index: Tensor, gr
                 total_i = total_i + p[i]
             grad_weights.append(total_i[:, :n].t().reshape(w.shape).to(w.dtype))
     return grad_emb, grad_weights
+
+
+def supports_head(x: Tensor, weight: Tensor) -> bool:
+    """Whether :func:`head` takes ``x`` ``(N, F)`` and the highway's ``weight``: CPU,
+    float32/float64 (both the same), outside autocast (whose reduced-precision product stays
+    on the PyTorch path)."""
+    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
+        return False
+    if weight.dtype != x.dtype or torch.is_autocast_enabled("cpu"):
+        return False
+    return available()
+
+
+def _ptr(t: Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def head(H: Tensor, x: Tensor, keep: Tensor | None, threshold: int, scale: float, v: Tensor,
+         shared: bool) -> Tensor:
+    """``sum_k v[k] m[i, k] (x + sigmoid(g) (relu(h) - x))[i, k]`` for every row ``i``.
+
+    Args:
+        H: ``(N, F)`` (``shared``: ``h = g = H``) or ``(N, 2F)`` (``h = H[:, :F]``, ``g =
+            H[:, F:]``): the highway's matrix product.
+        x: ``(N, F)``, the highway's input.
+        keep: ``(N, F)`` uint8 or ``None``: dropout keeps ``[i, k]`` when ``keep >= threshold``
+            and multiplies by ``scale`` (``None``: no dropout).
+        v: ``(F,)``, the linear output layer(s) folded into one vector.
+
+    Returns:
+        ``(N,)``.
+    """
+    H, x, v = H.detach().contiguous(), x.detach().contiguous(), v.detach().contiguous()
+    keep = None if keep is None else keep.contiguous()
+    N, F = x.shape
+    out = x.new_empty(N)
+    fwd = getattr(_lib, f"textgan_head_fwd_{x.element_size() * 8}")
+    _run(lambda i0, i1: fwd(H.data_ptr(), x.data_ptr(), _ptr(keep), threshold, scale,
+                            v.data_ptr(), i0, i1, F, H.shape[1], int(shared), out.data_ptr()), N)
+    return out
+
+
+def head_backward(H: Tensor, x: Tensor, keep: Tensor | None, threshold: int, scale: float,
+                  v: Tensor, grad: Tensor, shared: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """Gradients of :func:`head` given ``grad`` ``(N,)``: for ``H`` (its shape), for ``x``
+    through the highway's mix only (``(N, F)``; the caller adds the product's part, ``grad_H @
+    W``) and for ``v`` (``(F,)``)."""
+    H, x, v = H.detach().contiguous(), x.detach().contiguous(), v.detach().contiguous()
+    keep = None if keep is None else keep.contiguous()
+    grad = grad.detach().to(x.dtype).contiguous()
+    N, F = x.shape
+    grad_H, grad_x = torch.empty_like(H), torch.empty_like(x)
+    bwd = getattr(_lib, f"textgan_head_bwd_{x.element_size() * 8}")
+
+    def job(i0: int, i1: int) -> Tensor:
+        partial = x.new_zeros(F)
+        bwd(H.data_ptr(), x.data_ptr(), _ptr(keep), threshold, scale, v.data_ptr(),
+            grad.data_ptr(), i0, i1, F, H.shape[1], int(shared), grad_H.data_ptr(),
+            grad_x.data_ptr(), partial.data_ptr())
+        return partial
+
+    partials = _run(job, N)
+    grad_v = partials[0]
+    for p in partials[1:]:  # a fixed order
+        grad_v = grad_v + p
+    return grad_H, grad_x, grad_v

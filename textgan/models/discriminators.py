@@ -280,18 +280,26 @@ class Dropout(nn.Dropout):
             raise ValueError(f"dropout must be in [0, 1), got {p}")
         super().__init__(float(p))
 
-    def forward(self, x: Tensor) -> Tensor:
-        if not self.training or self.p == 0.0:
-            return x
+    @property
+    def active(self) -> bool:
+        return self.training and self.p > 0.0
+
+    def keep_bytes(self, x: Tensor) -> tuple[Tensor, int]:
+        """The mask for ``x`` as uint8 values and a threshold: keep where ``values >=
+        threshold`` (random bytes and ``256 p``, or 0/1 and 1 for other ``p``)."""
         threshold = self.p * 256
         if threshold == int(threshold):
             n = x.numel()
             words = torch.empty((n + 7) // 8, dtype=torch.int64, device=x.device)
             random = words.random_(torch.iinfo(torch.int64).min, None).view(torch.uint8)
-            keep = random[:n].view(x.shape).ge(int(threshold))
-        else:
-            keep = torch.rand_like(x).ge_(self.p)
-        return x * keep.to(x.dtype).mul_(1.0 / (1.0 - self.p))
+            return random[:n].view(x.shape), int(threshold)
+        return torch.rand_like(x).ge_(self.p).to(torch.uint8), 1
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.active:
+            return x
+        values, threshold = self.keep_bytes(x)
+        return x * values.ge(threshold).to(x.dtype).mul_(1.0 / (1.0 - self.p))
 
 
 class Highway(nn.Module):
@@ -319,6 +327,76 @@ class Highway(nn.Module):
         bias = None if self.lin.bias is None else torch.cat([self.lin.bias, self.gate.bias])
         h, g = F.linear(x, weight, bias).chunk(2, dim=-1)
         return torch.addcmul(x, torch.sigmoid(g), torch.relu(h) - x)
+
+
+def _highway_matrix(highway: Highway) -> tuple[Tensor, Tensor | None, bool]:
+    """The highway's product as one ``(F or 2F, F)`` weight (transform rows first), its bias
+    and whether gate and transform are shared."""
+    if highway.gate is None:
+        return highway.lin.weight, highway.lin.bias, True
+    weight = torch.cat([highway.lin.weight, highway.gate.weight])
+    bias = None if highway.lin.bias is None else torch.cat([highway.lin.bias, highway.gate.bias])
+    return weight, bias, False
+
+
+def _head_eager(x: Tensor, weight: Tensor, bias: Tensor | None, v: Tensor, keep: Tensor | None,
+                threshold: int, scale: float, shared: bool) -> Tensor:
+    """:class:`_KernelHead` in PyTorch ops (for its double backward): ``(N, F) -> (N,)``."""
+    H = F.linear(x, weight, bias)
+    h, g = (H, H) if shared else H.chunk(2, dim=-1)
+    y = torch.addcmul(x, torch.sigmoid(g), torch.relu(h) - x)
+    if keep is not None:
+        y = y * keep.ge(threshold).to(y.dtype).mul_(scale)
+    return y @ v
+
+
+class _KernelHead(torch.autograd.Function):
+    """``dropout(highway(x)) @ v`` for ``x`` ``(N, F)``, the highway's product in PyTorch and
+    everything after it in one compiled CPU kernel (:func:`cpu_kernels.head`): the
+    ``(N, F)`` activations are read once forward and once backward instead of once per
+    elementwise operator (sigmoid, relu, the mix, the dropout mask and product, and their
+    gradients). Arguments as :func:`_head_eager`; the dropout mask comes in as bytes drawn by
+    :meth:`Dropout.keep_bytes`, so the random stream is the module path's. A backward that must
+    be differentiable (double backward) recomputes :func:`_head_eager` instead."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, v, keep, threshold, scale, shared):
+        H = F.linear(x, weight, bias)
+        ctx.save_for_backward(x, weight, bias, v, keep, H)
+        ctx.args = threshold, scale, shared
+        return cpu_kernels.head(H, x, keep, threshold, scale, v, shared)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight, bias, v, keep, H = ctx.saved_tensors
+        threshold, scale, shared = ctx.args
+        need = ctx.needs_input_grad[:4]
+        if torch.is_grad_enabled():
+            inputs = [t for t, n in zip((x, weight, bias, v), need, strict=True) if n]
+            out = _head_eager(x, weight, bias, v, keep, threshold, scale, shared)
+            grads = iter(torch.autograd.grad(out, inputs, grad, create_graph=True))
+            return (*(next(grads) if n else None for n in need), None, None, None, None)
+        grad_H, grad_x, grad_v = cpu_kernels.head_backward(H, x, keep, threshold, scale, v, grad,
+                                                           shared)
+        return (torch.addmm(grad_x, grad_H, weight) if need[0] else None,
+                grad_H.t() @ x if need[1] else None,
+                grad_H.sum(0) if need[2] and bias is not None else None,
+                grad_v if need[3] else None, None, None, None, None)
+
+
+def _head(highway: Highway, dropout: Dropout, x: Tensor, v: Tensor, c: Tensor) -> Tensor:
+    """``dropout(highway(x)) @ v + c``: ``(..., F) -> (...)``. On the CPU through
+    :class:`_KernelHead` when the compiled kernels are available (outside autocast), else the
+    modules; both draw the same dropout mask from the same random stream."""
+    flat = x.reshape(-1, x.shape[-1])
+    weight, bias, shared = _highway_matrix(highway)
+    if cpu_kernels.supports_head(flat, weight):
+        keep, threshold = dropout.keep_bytes(flat) if dropout.active else (None, 0)
+        scale = 1.0 / (1.0 - dropout.p) if keep is not None else 1.0
+        out = _KernelHead.apply(flat, weight, bias, v, keep, threshold, scale, shared)
+    else:
+        out = dropout(highway(flat)) @ v
+    return (out + c).view(x.shape[:-1])
 
 
 # --------------------------------------------------------------------------------------------
@@ -447,14 +525,13 @@ class RelGANDiscriminator(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Ids ``(B, T)`` or (relaxed) one-hots ``(B, T, V)`` -> logits ``(B, num_rep)``."""
-        h = self.dropout(self.highway(self.features(x)))  # (B, R, F)
         # hidden and out are both linear (nothing between them, as in the official code), so
         # out(hidden(h)) = h @ (W_out W_hidden)^T + (W_out b_hidden + b_out): one (F,) vector
         # per row instead of a (B R, F) x (F, hidden_dim) product (and its two backward
         # products); autograd still gives both layers their exact gradients.
-        weight = self.out.weight @ self.hidden.weight  # (1, F)
+        weight = (self.out.weight @ self.hidden.weight)[0]  # (F,)
         bias = self.out.weight @ self.hidden.bias + self.out.bias  # (1,)
-        return F.linear(h, weight, bias).squeeze(-1)  # (B, R)
+        return _head(self.highway, self.dropout, self.features(x), weight, bias)  # (B, R)
 
 
 # --------------------------------------------------------------------------------------------
@@ -553,8 +630,8 @@ class SeqGANDiscriminator(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Ids ``(B, T)`` or (relaxed) one-hots ``(B, T, V)`` -> logits ``(B,)``."""
-        h = self.dropout(self.highway(self.features(x)))  # (B, F)
-        return self.out(h).squeeze(-1)
+        return _head(self.highway, self.dropout, self.features(x), self.out.weight[0],
+                     self.out.bias)
 
     def l2_loss(self) -> Tensor:
         """``l2_reg * (||W_out||^2 + ||b_out||^2) / 2`` (``tf.nn.l2_loss`` on the output layer),
