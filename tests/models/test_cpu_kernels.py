@@ -1,6 +1,7 @@
-"""The compiled CPU kernels of RelGAN's discriminator (textgan/models/cpu_kernels.c) against the
-PyTorch path: values, argmax, gradients, double backward, threads, and the fallbacks when the
-kernels are switched off or cannot be built."""
+"""The compiled CPU kernels of the discriminators (textgan/models/cpu_kernels.c) against the
+PyTorch path: RelGAN's convolution + max-over-time and the highway/dropout/output head; values,
+argmax, gradients, double backward, threads, workspaces, and the fallbacks when the kernels are
+switched off or cannot be built."""
 
 import logging
 
@@ -14,8 +15,8 @@ from textgan.models.discriminators import RelGANDiscriminator
 needs_kernels = pytest.mark.skipif(not ck.available(), reason="no C compiler for the kernels")
 
 
-def _pytorch_path(emb, weights):
-    """Values and first-maximum indices of the PyTorch path (:class:`Dm._ConvMaxPool`)."""
+def _pytorch_path(emb, weights, bias):
+    """``relu(max_t conv + bias)`` and the first-maximum indices, in PyTorch ops."""
     values, index = [], []
     for w in weights:
         f = w.shape[2]
@@ -23,7 +24,7 @@ def _pytorch_path(emb, weights):
         best = scores.max(dim=1)
         values.append(best.values)
         index.append(best.indices)
-    return torch.cat(values, -1), torch.cat(index, -1)
+    return torch.relu(torch.cat(values, -1) + bias), torch.cat(index, -1)
 
 
 def _inputs(B, T, R, d, sizes, dtype=torch.double, seed=0):
@@ -31,7 +32,8 @@ def _inputs(B, T, R, d, sizes, dtype=torch.double, seed=0):
     emb = torch.randn(B, T, R, d, generator=g, dtype=dtype, requires_grad=True)
     ws = [torch.randn(n, 1, f, d, generator=g, dtype=dtype, requires_grad=True)
           for f, n in sizes]
-    return emb, ws
+    bias = torch.randn(sum(n for _, n in sizes), generator=g, dtype=dtype) * 4 - 3
+    return emb, ws, bias.requires_grad_()
 
 
 @needs_kernels
@@ -43,22 +45,26 @@ def _inputs(B, T, R, d, sizes, dtype=torch.double, seed=0):
 ])
 @pytest.mark.parametrize("dtype", [torch.double, torch.float])
 def test_kernel_forward_and_backward_match_the_pytorch_path(B, T, R, d, sizes, dtype):
-    emb, ws = _inputs(B, T, R, d, sizes, dtype)
-    values, index = ck.conv_max_pool(emb, ws)
-    want_values, want_index = _pytorch_path(emb, ws)
+    emb, ws, bias = _inputs(B, T, R, d, sizes, dtype)
+    values, index = ck.conv_max_pool(emb, ws, bias)
+    want_values, want_index = _pytorch_path(emb, ws, bias)
     tol = 1e-12 if dtype == torch.double else 1e-5
-    assert index.dtype == torch.int32 and values.shape == (B, R, sum(n for _, n in sizes))
+    assert index.dtype == torch.int16 and values.shape == (B, R, sum(n for _, n in sizes))
     assert torch.equal(index.long(), want_index)  # random scores: no ties
     assert torch.allclose(values, want_values, rtol=0, atol=tol)
+    assert 0.1 < (values == 0).double().mean() < 0.9  # the ReLU cuts some, not all
     g = torch.randn_like(values)
-    grad_emb, grad_ws = ck.conv_max_pool_backward(emb, ws, index, g, True, True)
-    want = torch.autograd.grad(want_values, [emb, *ws], g)
+    grad_emb, grad_ws, grad_bias = ck.conv_max_pool_backward(emb, ws, index, values, g, True,
+                                                             True)
+    want = torch.autograd.grad(want_values, [emb, bias, *ws], g)
     assert torch.allclose(grad_emb, want[0], rtol=0, atol=tol * 10)
-    for got, ref in zip(grad_ws, want[1:], strict=True):
+    assert torch.allclose(grad_bias, want[1], rtol=0, atol=tol * 10)
+    for got, ref in zip(grad_ws, want[2:], strict=True):
         assert got.shape == ref.shape and torch.allclose(got, ref, rtol=0, atol=tol * 10)
-    only_emb = ck.conv_max_pool_backward(emb, ws, index, g, True, False)
+    only_emb = ck.conv_max_pool_backward(emb, ws, index, values, g, True, False)
     assert torch.equal(only_emb[0], grad_emb) and only_emb[1] is None
-    assert ck.conv_max_pool_backward(emb, ws, index, g, False, True)[0] is None
+    assert torch.equal(only_emb[2], grad_bias)
+    assert ck.conv_max_pool_backward(emb, ws, index, values, g, False, True)[0] is None
 
 
 @needs_kernels
@@ -67,11 +73,12 @@ def test_kernel_ties_take_the_first_maximum_and_nan_the_last():
     with the index of the last NaN (``max_pool2d``'s rule, which the PyTorch path uses)."""
     emb = torch.tensor([1.0, 2.0, 2.0, 1.0, 2.0, 0.0]).reshape(1, 6, 1, 1)
     w = torch.tensor([1.0, 0.0, -1.0]).reshape(3, 1, 1, 1)  # f = 1: scores are x, 0, -x
-    values, index = ck.conv_max_pool(emb, [w])
-    assert values.flatten().tolist() == [2.0, 0.0, 0.0] and index.flatten().tolist() == [1, 0, 5]
+    bias = torch.tensor([0.0, 0.0, 0.5])  # the third filter: relu(max(-x) + 0.5) = 0.5
+    values, index = ck.conv_max_pool(emb, [w], bias)
+    assert values.flatten().tolist() == [2.0, 0.0, 0.5] and index.flatten().tolist() == [1, 0, 5]
     emb[0, 2, 0, 0] = emb[0, 4, 0, 0] = float("nan")
-    values, index = ck.conv_max_pool(emb, [w])
-    assert values[0, 0, 0].isnan() and index[0, 0, 0] == 4
+    values, index = ck.conv_max_pool(emb, [w], bias)
+    assert values[0, 0, 0].isnan() and index[0, 0, 0] == 4  # ReLU lets NaN through
 
 
 @needs_kernels
@@ -125,21 +132,22 @@ def test_gradient_penalty_through_the_kernels_equals_the_pytorch_path(monkeypatc
 def test_kernel_results_do_not_depend_on_the_thread_count():
     """Rows are split over threads: values, indices and the input gradient are bitwise the same
     for 1 and 3 threads; the weight gradient's partial sums are added in another grouping."""
-    emb, ws = _inputs(7, 10, 4, 1, [(2, 20), (4, 9)], torch.float)
+    emb, ws, bias = _inputs(7, 10, 4, 1, [(2, 20), (4, 9)], torch.float)
     threads = torch.get_num_threads()
     out = {}
     try:
         for t in (1, 3):
             torch.set_num_threads(t)
-            values, index = ck.conv_max_pool(emb, ws)
-            grads = ck.conv_max_pool_backward(emb, ws, index, torch.ones_like(values), True, True)
-            out[t] = values, index, *grads
+            values, index = ck.conv_max_pool(emb, ws, bias)
+            grads = ck.conv_max_pool_backward(emb, ws, index, values, torch.ones_like(values),
+                                              True, True)
+            out[t] = values, index, grads[0], *grads[1], grads[2]
     finally:
         torch.set_num_threads(threads)
     one, three = out[1], out[3]
     assert all(torch.equal(a, b) for a, b in zip(one[:3], three[:3], strict=True))
     assert all(torch.allclose(a, b, rtol=1e-6, atol=1e-5)
-               for a, b in zip(one[3], three[3], strict=True))
+               for a, b in zip(one[3:], three[3:], strict=True))
 
 
 def _head_inputs(N, F, shared, dtype, seed=0):
@@ -169,8 +177,11 @@ def test_head_kernel_matches_the_pytorch_ops(shared, dtype, dropout):
     assert torch.allclose(got, want, rtol=0, atol=tol)
     g = torch.randn_like(got)
     used = [t for t in inputs if t is not None]
-    for a, b in zip(torch.autograd.grad(got, used, g), torch.autograd.grad(want, used, g),
-                    strict=True):
+    grads = torch.autograd.grad(got, used, g)
+    # another backward reuses the kernel's workspaces: the gradients above are not among them
+    other, _ = _head_inputs(11, 37, shared, dtype, seed=3)
+    Dm._KernelHead.apply(*other, *args).sum().backward()
+    for a, b in zip(grads, torch.autograd.grad(want, used, g), strict=True):
         assert torch.allclose(a, b, rtol=0, atol=tol * 10)
     if dropout and dtype == torch.double:  # the mask drops about a quarter of the columns
         assert 0.15 < (keep < threshold).double().mean() < 0.35
@@ -247,7 +258,7 @@ def fresh_kernels(monkeypatch, tmp_path):
 
 def test_kernels_can_be_switched_off(fresh_kernels, monkeypatch):
     monkeypatch.setenv("TEXTGAN_CPU_KERNELS", "0")
-    emb, ws = _inputs(2, 6, 2, 1, [(2, 3)])
+    emb, ws, _ = _inputs(2, 6, 2, 1, [(2, 3)])
     assert not ck.available() and not ck.supports(emb, ws)
     assert not list(fresh_kernels.iterdir())  # nothing compiled
 

@@ -104,9 +104,9 @@ def _declare(lib: ctypes.CDLL) -> None:
     P, I = ctypes.c_void_p, ctypes.c_int64
     for bits in (32, 64):
         fwd = getattr(lib, f"textgan_conv_max_fwd_{bits}")
-        fwd.argtypes, fwd.restype = [P, I, I, I, I, I, P, I, I, I, P, P, I], None
+        fwd.argtypes, fwd.restype = [P, I, I, I, I, I, P, I, I, I, P, P, P, I], None
         bwd = getattr(lib, f"textgan_conv_max_bwd_{bits}")
-        bwd.argtypes, bwd.restype = [P, I, I, I, I, I, P, I, I, I, P, P, I, P, P], None
+        bwd.argtypes, bwd.restype = [P, I, I, I, I, I, P, I, I, I, P, P, P, I, P, P, P], None
         S = ctypes.c_float if bits == 32 else ctypes.c_double
         fwd = getattr(lib, f"textgan_head_fwd_{bits}")
         fwd.argtypes, fwd.restype = [P, P, P, I, S, P, I, I, I, I, I, P], None
@@ -136,12 +136,12 @@ def available() -> bool:
 
 
 def supports(emb: Tensor, weights: list[Tensor]) -> bool:
-    """Whether the kernels take this input: CPU, float32/float64, contiguous-able, small
-    windows (``f * d <= 16``) and rows (``L * d <= 65536``)."""
+    """Whether the kernels take this input: CPU, float32/float64, small windows (``f * d <=
+    16``) and rows (``L * d <= 65536``, ``L < 32768``: int16 time steps)."""
     if emb.device.type != "cpu" or emb.dtype not in (torch.float32, torch.float64):
         return False
     _, L, _, d = emb.shape
-    if L * d > _MAX_ROW or any(w.dtype != emb.dtype or w.shape[2] * d > _MAX_WINDOW
+    if L * d > _MAX_ROW or L > 32767 or any(w.dtype != emb.dtype or w.shape[2] * d > _MAX_WINDOW
                                or w.shape[2] > L for w in weights):
         return False
     return available()
@@ -170,6 +170,29 @@ def _run(job, rows: int) -> list:
     return list(pool.map(lambda r: job(*r), ranges))
 
 
+_workspaces = threading.local()
+
+
+def _workspace(name: str, like: Tensor) -> Tensor:
+    """A tensor of ``like``'s shape and dtype kept for the next call of this thread.
+
+    The head's backward writes two ``(N, F)`` intermediates per call (~20 MB each for RelGAN);
+    freshly allocated, their pages are faulted in and zeroed by the kernel on first write,
+    which took longer than the kernel itself (measured: 24-30 ms against 7 ms into reused
+    memory, 1 thread)."""
+    cache = getattr(_workspaces, "tensors", None)
+    if cache is None:
+        cache = _workspaces.tensors = {}
+    t = cache.get(name)
+    if t is None or t.shape != like.shape or t.dtype != like.dtype:
+        t = cache[name] = torch.empty_like(like, memory_format=torch.contiguous_format)
+    return t
+
+
+def _ptr(t: Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
 def _transposed(weight: Tensor) -> tuple[Tensor, int, int]:
     """``(n, 1, f, d)`` -> ``(f d, np)`` contiguous, columns zero-padded to a multiple of 16."""
     n = weight.shape[0]
@@ -179,22 +202,24 @@ def _transposed(weight: Tensor) -> tuple[Tensor, int, int]:
     return wt, n, np_
 
 
-def conv_max_pool(emb: Tensor, weights: list[Tensor]) -> tuple[Tensor, Tensor]:
-    """Max over time of every filter's VALID convolution, all filter sizes side by side.
+def conv_max_pool(emb: Tensor, weights: list[Tensor], bias: Tensor) -> tuple[Tensor, Tensor]:
+    """``relu(max_t conv + bias)`` of every filter size's VALID convolution, side by side.
 
     Args:
         emb: ``(B, L, R, d)``.
         weights: ``(n_i, 1, f_i, d)`` each (``nn.Conv2d(1, n_i, (f_i, d), stride=(1, d))``).
+        bias: ``(sum n_i,)``, the filters' biases in the same order.
 
     Returns:
-        ``(values, index)``, ``(B, R, sum n_i)`` each: the maximum over ``t`` of ``sum_{j,e}
-        w[c, 0, j, e] emb[b, t + j, r, e]`` (no bias) and its ``t`` (int32).
+        ``(features, index)``, ``(B, R, sum n_i)`` each: ``relu(max_t sum_{j,e} w[c, 0, j, e]
+        emb[b, t + j, r, e] + bias[c])`` and the maximising ``t`` (int16).
     """
     emb = emb.detach().contiguous()
+    bias = bias.detach().to(emb.dtype).contiguous()
     B, L, R, d = emb.shape
     total = sum(w.shape[0] for w in weights)
-    values = emb.new_empty(B, R, total)
-    index = torch.empty(B, R, total, dtype=torch.int32)
+    features = emb.new_empty(B, R, total)
+    index = torch.empty(B, R, total, dtype=torch.int16)
     prepared = [_transposed(w) for w in weights]
     size = emb.element_size()
     fwd = getattr(_lib, f"textgan_conv_max_fwd_{size * 8}")
@@ -203,21 +228,23 @@ def conv_max_pool(emb: Tensor, weights: list[Tensor]) -> tuple[Tensor, Tensor]:
         col = 0
         for w, (wt, n, np_) in zip(weights, prepared, strict=True):
             fwd(emb.data_ptr(), b0, b1, L, R, d, wt.data_ptr(), n, np_, w.shape[2],
-                values.data_ptr() + size * col, index.data_ptr() + 4 * col, total)
+                bias.data_ptr() + size * col, features.data_ptr() + size * col,
+                index.data_ptr() + 2 * col, total)
             col += n
 
     _run(job, B)
-    return values, index
+    return features, index
 
 
-def conv_max_pool_backward(emb: Tensor, weights: list[Tensor], index: Tensor, grad: Tensor,
-                           need_emb: bool, need_weights: bool
-                           ) -> tuple[Tensor | None, list[Tensor] | None]:
-    """Gradients of :func:`conv_max_pool`'s values given ``grad`` ``(B, R, sum n_i)``: for
-    ``emb`` (``(B, L, R, d)``) and each weight (its shape), each ``None`` when not needed."""
+def conv_max_pool_backward(emb: Tensor, weights: list[Tensor], index: Tensor, features: Tensor,
+                           grad: Tensor, need_emb: bool, need_weights: bool
+                           ) -> tuple[Tensor | None, list[Tensor] | None, Tensor]:
+    """Gradients of :func:`conv_max_pool`'s ``features`` given ``grad`` ``(B, R, sum n_i)``:
+    for ``emb`` (``(B, L, R, d)``; ``None`` unless ``need_emb``), each weight (its shape;
+    ``None`` unless ``need_weights``) and the bias ``(sum n_i,)``."""
     emb = emb.detach().contiguous()
     grad = grad.detach().to(emb.dtype).contiguous()
-    index = index.to(torch.int32).contiguous()
+    features, index = features.detach().contiguous(), index.contiguous()
     B, L, R, d = emb.shape
     total = grad.shape[-1]
     prepared = [_transposed(w) for w in weights]
@@ -225,27 +252,35 @@ def conv_max_pool_backward(emb: Tensor, weights: list[Tensor], index: Tensor, gr
     size = emb.element_size()
     bwd = getattr(_lib, f"textgan_conv_max_bwd_{size * 8}")
 
-    def job(b0: int, b1: int) -> list[Tensor] | None:
+    def job(b0: int, b1: int) -> tuple[list[Tensor] | None, Tensor]:
         partial = [wt.new_zeros(wt.shape) for wt, _, _ in prepared] if need_weights else None
+        bias = emb.new_zeros(total)
         col = 0
         for i, (w, (wt, n, np_)) in enumerate(zip(weights, prepared, strict=True)):
             bwd(emb.data_ptr(), b0, b1, L, R, d, wt.data_ptr(), n, np_, w.shape[2],
-                grad.data_ptr() + size * col, index.data_ptr() + 4 * col, total,
-                grad_emb.data_ptr() if need_emb else None,
-                partial[i].data_ptr() if need_weights else None)
+                grad.data_ptr() + size * col, features.data_ptr() + size * col,
+                index.data_ptr() + 2 * col, total, _ptr(grad_emb),
+                partial[i].data_ptr() if need_weights else None, bias.data_ptr() + size * col)
             col += n
-        return partial
+        return partial, bias
 
     partials = _run(job, B)
+    grad_bias = _ordered_sum([p[1] for p in partials])
     grad_weights = None
-    if need_weights:  # the threads' partial sums, added in a fixed order
+    if need_weights:
         grad_weights = []
         for i, (w, (_, n, _)) in enumerate(zip(weights, prepared, strict=True)):
-            total_i = partials[0][i]
-            for p in partials[1:]:
-                total_i = total_i + p[i]
-            grad_weights.append(total_i[:, :n].t().reshape(w.shape).to(w.dtype))
-    return grad_emb, grad_weights
+            g = _ordered_sum([p[0][i] for p in partials])
+            grad_weights.append(g[:, :n].t().reshape(w.shape).to(w.dtype))
+    return grad_emb, grad_weights, grad_bias
+
+
+def _ordered_sum(parts: list[Tensor]) -> Tensor:
+    """The threads' partial sums, added in a fixed order."""
+    total = parts[0]
+    for p in parts[1:]:
+        total = total + p
+    return total
 
 
 def supports_head(x: Tensor, weight: Tensor) -> bool:
@@ -257,10 +292,6 @@ def supports_head(x: Tensor, weight: Tensor) -> bool:
     if weight.dtype != x.dtype or torch.is_autocast_enabled("cpu"):
         return False
     return available()
-
-
-def _ptr(t: Tensor | None) -> int | None:
-    return None if t is None else t.data_ptr()
 
 
 def head(H: Tensor, x: Tensor, keep: Tensor | None, threshold: int, scale: float, v: Tensor,
@@ -292,12 +323,15 @@ def head_backward(H: Tensor, x: Tensor, keep: Tensor | None, threshold: int, sca
                   v: Tensor, grad: Tensor, shared: bool) -> tuple[Tensor, Tensor, Tensor]:
     """Gradients of :func:`head` given ``grad`` ``(N,)``: for ``H`` (its shape), for ``x``
     through the highway's mix only (``(N, F)``; the caller adds the product's part, ``grad_H @
-    W``) and for ``v`` (``(F,)``)."""
+    W``) and for ``v`` (``(F,)``).
+
+    The first two are this thread's workspaces (see :func:`_workspace`), overwritten by the
+    next call: use them, do not keep them."""
     H, x, v = H.detach().contiguous(), x.detach().contiguous(), v.detach().contiguous()
     keep = None if keep is None else keep.contiguous()
     grad = grad.detach().to(x.dtype).contiguous()
     N, F = x.shape
-    grad_H, grad_x = torch.empty_like(H), torch.empty_like(x)
+    grad_H, grad_x = _workspace("head_H", H), _workspace("head_x", x)
     bwd = getattr(_lib, f"textgan_head_bwd_{x.element_size() * 8}")
 
     def job(i0: int, i1: int) -> Tensor:
@@ -307,8 +341,4 @@ def head_backward(H: Tensor, x: Tensor, keep: Tensor | None, threshold: int, sca
             grad_x.data_ptr(), partial.data_ptr())
         return partial
 
-    partials = _run(job, N)
-    grad_v = partials[0]
-    for p in partials[1:]:  # a fixed order
-        grad_v = grad_v + p
-    return grad_H, grad_x, grad_v
+    return grad_H, grad_x, _ordered_sum(_run(job, N))

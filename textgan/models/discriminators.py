@@ -190,25 +190,27 @@ def _conv_max_pool_grad(emb: Tensor, weight: Tensor, index: Tensor, grad: Tensor
 
 
 class _KernelConvMaxPool(torch.autograd.Function):
-    """All filter sizes' :class:`_ConvMaxPool` at once through the compiled CPU kernels
-    (:mod:`textgan.models.cpu_kernels`): ``(B, T, R, d)``, weights ``(n_i, 1, f_i, d)`` ->
-    ``(B, R, sum n_i)``, no bias. The kernels compute each (batch row, representation)'s scores
-    in registers and keep the running maximum and its time step, so the ``(B, T', R, n)`` scores
-    never reach memory; backward accumulates the winning windows' gradients per row. A backward
-    that must itself be differentiable (the WGAN-GP penalty's double backward) takes the
-    PyTorch ops of :func:`_conv_max_pool_grad` instead."""
+    """``relu(cat_i(_ConvMaxPool(emb, w_i)) + bias)`` for all filter sizes at once through the
+    compiled CPU kernels (:mod:`textgan.models.cpu_kernels`): ``emb`` ``(B, T, R, d)``, ``bias``
+    ``(sum n_i,)``, weights ``(n_i, 1, f_i, d)`` -> ``(B, R, sum n_i)``. The kernels compute each
+    (batch row, representation)'s scores in registers and keep the running maximum and its time
+    step, so the ``(B, T', R, n)`` scores never reach memory; backward accumulates the winning
+    windows' gradients per row. A backward that must itself be differentiable (the WGAN-GP
+    penalty's double backward) takes the PyTorch ops of :func:`_conv_max_pool_grad` instead."""
 
     @staticmethod
-    def forward(ctx, emb: Tensor, *weights: Tensor) -> Tensor:
-        values, index = cpu_kernels.conv_max_pool(emb, list(weights))
-        ctx.save_for_backward(emb, index, *weights)
-        return values
+    def forward(ctx, emb: Tensor, bias: Tensor, *weights: Tensor) -> Tensor:
+        features, index = cpu_kernels.conv_max_pool(emb, list(weights), bias)
+        ctx.save_for_backward(emb, index, features, *weights)
+        return features
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        emb, index, *weights = ctx.saved_tensors
-        need_emb, need_w = ctx.needs_input_grad[0], any(ctx.needs_input_grad[1:])
+        emb, index, features, *weights = ctx.saved_tensors
+        need_emb, need_bias = ctx.needs_input_grad[:2]
+        need_w = any(ctx.needs_input_grad[2:])
         if torch.is_grad_enabled():
+            grad = grad * (features > 0).to(grad.dtype)  # through the ReLU
             grad_emb, grad_ws, col = None, [], 0
             for w in weights:
                 n = w.shape[0]
@@ -218,13 +220,15 @@ class _KernelConvMaxPool(torch.autograd.Function):
                 grad_emb = g_e if grad_emb is None else grad_emb + g_e
                 grad_ws.append(g_w)
                 col += n
+            grad_bias = grad.sum((0, 1))
         else:
-            grad_emb, grad_ws = cpu_kernels.conv_max_pool_backward(emb, weights, index, grad,
-                                                                   need_emb, need_w)
+            grad_emb, grad_ws, grad_bias = cpu_kernels.conv_max_pool_backward(
+                emb, weights, index, features, grad, need_emb, need_w)
         if grad_ws is None:
             grad_ws = [None] * len(weights)
-        return (grad_emb, *(g if need else None
-                            for g, need in zip(grad_ws, ctx.needs_input_grad[1:], strict=True)))
+        return (grad_emb, grad_bias if need_bias else None,
+                *(g if need else None
+                  for g, need in zip(grad_ws, ctx.needs_input_grad[2:], strict=True)))
 
 
 def _conv_max_pool(emb: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
@@ -519,7 +523,7 @@ class RelGANDiscriminator(nn.Module):
             e = emb.to(weights[0].dtype)
             if cpu_kernels.supports(e, weights):
                 bias = torch.cat([c.bias for c in self.convs])
-                return torch.relu(_KernelConvMaxPool.apply(e, *weights) + bias)
+                return _KernelConvMaxPool.apply(e, bias, *weights)
         pooled = [_conv_max_pool(emb, c.weight, c.bias) for c in self.convs]  # (B, R, n_f) each
         return torch.relu(torch.cat(pooled, dim=-1))
 
