@@ -81,17 +81,29 @@
             }                                                                                  \
     }                                                                                          \
                                                                                                \
+    /* one (b, r): gradients of the pooled features through their winning windows; the
+     * weight's gradient in vector blocks of columns (a gather of the window elements), the
+     * input's one column at a time (a scatter) */                                             \
     AI void bwd_row_##SUF(const T *xs, T *gx, int64_t d, int64_t K, const T *wt, int64_t n,    \
                           int64_t np, const T *g, const T *y, const int16_t *ix, T *gwt,       \
-                          T *gb) {                                                             \
-        T gc[n];                                                                               \
+                          T *gb, T *gc) {                                                      \
         for (int64_t c = 0; c < n; c++) {                                                      \
             gc[c] = y[c] > 0 ? g[c] : (T)0;                                                    \
             gb[c] += gc[c];                                                                    \
         }                                                                                      \
+        for (int64_t c = n; c < np; c++) gc[c] = 0; /* padding: no gradient */                 \
         if (gwt)                                                                               \
-            for (int64_t k = 0; k < K; k++)                                                    \
-                for (int64_t c = 0; c < n; c++) gwt[k * np + c] += gc[c] * xs[ix[c] * d + k];  \
+            for (int64_t c0 = 0; c0 < np; c0 += LANES) {                                       \
+                const vec_##SUF gv = *(const vec_##SUF *)(gc + c0);                            \
+                int32_t base[LANES];                                                           \
+                for (int64_t l = 0; l < LANES; l++)                                            \
+                    base[l] = c0 + l < n ? (int32_t)ix[c0 + l] * (int32_t)d : 0;               \
+                for (int64_t k = 0; k < K; k++) {                                              \
+                    vec_##SUF xg;                                                              \
+                    for (int64_t l = 0; l < LANES; l++) xg[l] = xs[base[l] + k];               \
+                    *(vec_##SUF *)(gwt + k * np + c0) += gv * xg;                              \
+                }                                                                              \
+            }                                                                                  \
         if (gx)                                                                                \
             for (int64_t c = 0; c < n; c++) {                                                  \
                 T *p = gx + ix[c] * d;                                                         \
@@ -104,7 +116,7 @@
                                     int64_t f, const T *g, const T *out, const int16_t *idx,   \
                                     int64_t ldg, T *gemb, T *gwt, T *gbias) {                  \
         const int64_t K = f * d;                                                               \
-        T xs[L * d], gxs[L * d];                                                               \
+        T xs[L * d], gxs[L * d], gc[np];                                                       \
         T *gx = gemb ? gxs : 0;                                                                \
         for (int64_t b = b0; b < b1; b++)                                                      \
             for (int64_t r = 0; r < R; r++) {                                                  \
@@ -113,12 +125,12 @@
                 const int64_t row = (b * R + r) * ldg;                                         \
                 const T *gr = g + row, *yr = out + row;                                        \
                 const int16_t *ir = idx + row;                                                 \
-                switch (K) {                                                                   \
-                case 2: bwd_row_##SUF(xs, gx, d, 2, wt, n, np, gr, yr, ir, gwt, gbias); break; \
-                case 3: bwd_row_##SUF(xs, gx, d, 3, wt, n, np, gr, yr, ir, gwt, gbias); break; \
-                case 4: bwd_row_##SUF(xs, gx, d, 4, wt, n, np, gr, yr, ir, gwt, gbias); break; \
-                case 5: bwd_row_##SUF(xs, gx, d, 5, wt, n, np, gr, yr, ir, gwt, gbias); break; \
-                default: bwd_row_##SUF(xs, gx, d, K, wt, n, np, gr, yr, ir, gwt, gbias);       \
+                switch (d == 1 ? K : 0) { /* RelGAN's d = 1 with constant K: unrolled */       \
+                case 2: bwd_row_##SUF(xs, gx, 1, 2, wt, n, np, gr, yr, ir, gwt, gbias, gc); break; \
+                case 3: bwd_row_##SUF(xs, gx, 1, 3, wt, n, np, gr, yr, ir, gwt, gbias, gc); break; \
+                case 4: bwd_row_##SUF(xs, gx, 1, 4, wt, n, np, gr, yr, ir, gwt, gbias, gc); break; \
+                case 5: bwd_row_##SUF(xs, gx, 1, 5, wt, n, np, gr, yr, ir, gwt, gbias, gc); break; \
+                default: bwd_row_##SUF(xs, gx, d, K, wt, n, np, gr, yr, ir, gwt, gbias, gc); \
                 }                                                                              \
                 if (gemb)                                                                      \
                     for (int64_t t = 0; t < L; t++)                                            \
