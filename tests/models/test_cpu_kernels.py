@@ -295,3 +295,32 @@ def test_the_build_is_cached_and_reused(fresh_kernels, monkeypatch):
     monkeypatch.setattr(ck, "_lib", None)  # a new process, the same cache
     assert ck.available() and len(compiles) == 1  # loaded, not compiled again
     assert list((fresh_kernels / "kernels").iterdir()) == built
+
+
+def _child_pool_and_result(parent_pool_id, emb, ws, bias):
+    torch.set_num_threads(2)
+    pool = ck._executor()[1]
+    return id(pool) != parent_pool_id, ck.conv_max_pool(emb, ws, bias)[0]
+
+
+@needs_kernels
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="no fork on this platform")
+def test_a_forked_child_starts_its_own_thread_pool():
+    """The parent's pool threads do not survive fork, and submitting to the inherited pool can
+    wait forever (seen in a plain script); the child starts a pool of its own."""
+    import multiprocessing as mp
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        emb, ws, bias = (t.detach() if isinstance(t, torch.Tensor) else [w.detach() for w in t]
+                         for t in _inputs(4, 8, 2, 1, [(2, 5)], torch.float))
+        want = ck.conv_max_pool(emb, ws, bias)[0]
+        parent = ck._executor()[1]
+        assert parent is not None
+        with mp.get_context("fork").Pool(1) as pool:
+            new_pool, got = pool.apply_async(_child_pool_and_result,
+                                             (id(parent), emb, ws, bias)).get(timeout=60)
+    finally:
+        torch.set_num_threads(threads)
+    assert new_pool and torch.equal(got, want)

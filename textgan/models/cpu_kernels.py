@@ -147,6 +147,16 @@ def supports(emb: Tensor, weights: list[Tensor]) -> bool:
     return available()
 
 
+def _forget_pool() -> None:
+    """In a forked child the parent's pool threads do not exist: start a new pool there."""
+    global _pool
+    _pool = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)
+
+
 def _executor() -> tuple[int, ThreadPoolExecutor | None]:
     global _pool
     threads = max(1, torch.get_num_threads())
@@ -189,6 +199,15 @@ def _workspace(name: str, like: Tensor) -> Tensor:
     return t
 
 
+def _function(name: str):
+    """The compiled function ``name`` (building the library if needed)."""
+    if not available():
+        raise RuntimeError("the compiled CPU kernels are unavailable (see the warning logged "
+                           "when they were built, or TEXTGAN_CPU_KERNELS); check supports() "
+                           "before calling them")
+    return getattr(_lib, name)
+
+
 def _ptr(t: Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
@@ -222,7 +241,7 @@ def conv_max_pool(emb: Tensor, weights: list[Tensor], bias: Tensor) -> tuple[Ten
     index = torch.empty(B, R, total, dtype=torch.int16)
     prepared = [_transposed(w) for w in weights]
     size = emb.element_size()
-    fwd = getattr(_lib, f"textgan_conv_max_fwd_{size * 8}")
+    fwd = _function(f"textgan_conv_max_fwd_{size * 8}")
 
     def job(b0: int, b1: int) -> None:
         col = 0
@@ -250,7 +269,7 @@ def conv_max_pool_backward(emb: Tensor, weights: list[Tensor], index: Tensor, fe
     prepared = [_transposed(w) for w in weights]
     grad_emb = torch.zeros_like(emb) if need_emb else None
     size = emb.element_size()
-    bwd = getattr(_lib, f"textgan_conv_max_bwd_{size * 8}")
+    bwd = _function(f"textgan_conv_max_bwd_{size * 8}")
 
     def job(b0: int, b1: int) -> tuple[list[Tensor] | None, Tensor]:
         partial = [wt.new_zeros(wt.shape) for wt, _, _ in prepared] if need_weights else None
@@ -313,7 +332,7 @@ def head(H: Tensor, x: Tensor, keep: Tensor | None, threshold: int, scale: float
     keep = None if keep is None else keep.contiguous()
     N, F = x.shape
     out = x.new_empty(N)
-    fwd = getattr(_lib, f"textgan_head_fwd_{x.element_size() * 8}")
+    fwd = _function(f"textgan_head_fwd_{x.element_size() * 8}")
     _run(lambda i0, i1: fwd(H.data_ptr(), x.data_ptr(), _ptr(keep), threshold, scale,
                             v.data_ptr(), i0, i1, F, H.shape[1], int(shared), out.data_ptr()), N)
     return out
@@ -332,7 +351,7 @@ def head_backward(H: Tensor, x: Tensor, keep: Tensor | None, threshold: int, sca
     grad = grad.detach().to(x.dtype).contiguous()
     N, F = x.shape
     grad_H, grad_x = _workspace("head_H", H), _workspace("head_x", x)
-    bwd = getattr(_lib, f"textgan_head_bwd_{x.element_size() * 8}")
+    bwd = _function(f"textgan_head_bwd_{x.element_size() * 8}")
 
     def job(i0: int, i1: int) -> Tensor:
         partial = x.new_zeros(F)
