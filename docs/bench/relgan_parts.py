@@ -6,6 +6,7 @@ on PYTHONPATH (a checkout of each commit for the paired before/after runs):
     python docs/bench/relgan_parts.py conv-backward OLD_discriminators.py 1
     python docs/bench/relgan_parts.py ops shared             # per-operator time of one iteration
     python docs/bench/relgan_parts.py ops shared gpu         # operator calls with GPU chunking
+    python docs/bench/relgan_parts.py kernels 2              # compiled CPU kernels vs PyTorch ops
 
 Paired before/after: alternate ``iteration`` runs of the two commits (one process each) and
 compare pair by pair; the machine's speed drifts too much for a single run of each.
@@ -120,6 +121,56 @@ def ops(highway: str, chunks: str = "cpu") -> None:
     print("most called:", ", ".join(f"{k} {v}" for k, v in calls.most_common(12)))
 
 
+def kernels(threads: str) -> None:
+    """The discriminator's two compiled CPU kernels against the PyTorch ops they replace, on one
+    batch of the bench's D (B=64, T=20, 64 representations, filters 2-5 x 300; the head on the
+    resulting 4,096 x 1,200 features, shared highway, dropout 0.25): forward, and forward +
+    backward, in ms (median of 9 after a warm-up)."""
+    from textgan.models import cpu_kernels
+    from textgan.models import discriminators as Dm
+
+    assert cpu_kernels.available(), "the kernels could not be built"
+    torch.set_num_threads(int(threads))
+    torch.manual_seed(0)
+    D = Dm.RelGANDiscriminator(5000, highway="shared").train()
+    emb = torch.randn(64, 20, 64, 1, requires_grad=True)
+    weights, bias = [c.weight for c in D.convs], torch.cat([c.bias for c in D.convs])
+    x = torch.rand(4096, 1200, requires_grad=True)
+    v = torch.randn(1200, requires_grad=True)
+    W, b = D.highway.lin.weight, D.highway.lin.bias
+
+    def conv_ops():
+        pooled = [Dm._conv_max_pool(emb, c.weight, c.bias) for c in D.convs]
+        return torch.relu(torch.cat(pooled, dim=-1))
+
+    def head_kernel():
+        keep, threshold = D.dropout.keep_bytes(x)
+        return Dm._KernelHead.apply(x, W, b, v, keep, threshold, 4 / 3, True)
+
+    cases = {
+        "conv + max-over-time, PyTorch ops": conv_ops,
+        "conv + max-over-time, kernel": lambda: Dm._KernelConvMaxPool.apply(emb, bias, *weights),
+        "head, PyTorch ops": lambda: D.dropout(D.highway(x)) @ v,
+        "head, kernel": head_kernel,
+    }
+
+    def timed(fn, backward):
+        out = fn()
+        if backward:
+            out.sum().backward()
+        start = time.perf_counter()
+        out = fn()
+        if backward:
+            out.sum().backward()
+        return (time.perf_counter() - start) * 1e3
+
+    for name, fn in cases.items():
+        fwd = statistics.median(timed(fn, False) for _ in range(10))
+        both = statistics.median(timed(fn, True) for _ in range(10))
+        print(f"{name:36s} forward {fwd:6.1f} ms   forward + backward {both:6.1f} ms")
+
+
 if __name__ == "__main__":
-    modes = {"iteration": iteration, "conv-backward": conv_backward, "ops": ops}
+    modes = {"iteration": iteration, "conv-backward": conv_backward, "ops": ops,
+             "kernels": kernels}
     modes[sys.argv[1]](*sys.argv[2:])
