@@ -324,3 +324,108 @@ def test_a_forked_child_starts_its_own_thread_pool():
     finally:
         torch.set_num_threads(threads)
     assert new_pool and torch.equal(got, want)
+
+
+@needs_kernels
+def test_nan_gradients_pass_the_relus_as_in_pytorch(monkeypatch):
+    """ReLU's gradient is blocked where the output is <= 0 and passes through NaN outputs in
+    PyTorch; the kernels do the same (a NaN in training is not hidden)."""
+    torch.manual_seed(0)
+    D = RelGANDiscriminator(12, embed_dim=4, num_rep=4, filter_sizes=(2,), num_filters=(6,),
+                            hidden_dim=5, highway="shared").double().eval()
+    with torch.no_grad():
+        D.embedding.weight[3, 1] = float("nan")
+    x = torch.tensor([[1, 3, 2, 5, 3], [0, 1, 2, 4, 4]])
+
+    def grads():
+        return torch.autograd.grad(D(x).sum(), list(D.parameters()))
+
+    fast = grads()
+    monkeypatch.setattr(ck, "supports", lambda emb, weights: False)
+    monkeypatch.setattr(ck, "supports_head", lambda x, weight: False)
+    slow = grads()
+    assert sum(int(g.isnan().sum()) for g in slow) > 0
+    for a, b in zip(fast, slow, strict=True):
+        assert torch.equal(a.isnan(), b.isnan())
+        assert torch.allclose(a.nan_to_num(0.0), b.nan_to_num(0.0), rtol=0, atol=1e-12)
+
+
+def test_convs_without_bias_and_empty_batches_use_a_working_path():
+    D = RelGANDiscriminator(12, embed_dim=4, num_rep=4, filter_sizes=(2, 3), num_filters=(5, 6),
+                            hidden_dim=5).eval()
+    x = torch.randint(0, 12, (2, 6))
+    for c in D.convs:
+        c.register_parameter("bias", None)
+    emb = D.embedding(x).view(2, 6, 4, 1)
+    want = torch.relu(torch.cat([Dm._conv_max_pool(emb, c.weight, None) for c in D.convs], -1))
+    assert torch.equal(D.features(x), want)
+
+
+@needs_kernels
+def test_kernel_wrappers_take_empty_batches_and_refuse_unsupported_windows():
+    emb, ws, bias = _inputs(0, 8, 2, 1, [(2, 5)])
+    values, index = ck.conv_max_pool(emb, ws, bias)
+    assert values.shape == (0, 2, 5)
+    grad_emb, grad_ws, grad_bias = ck.conv_max_pool_backward(emb, ws, index, values, values,
+                                                             True, True)
+    assert grad_emb.shape == emb.shape and float(grad_ws[0].abs().sum()) == 0.0
+    H, x, v = torch.zeros(0, 4), torch.zeros(0, 4), torch.ones(4)
+    assert ck.head(H, x, None, 0, 1.0, v, True).shape == (0,)
+    assert ck.head_backward(H, x, None, 0, 1.0, v, torch.zeros(0), True)[2].shape == (4,)
+    wide, _, _ = _inputs(2, 20, 1, 4, [(5, 3)])  # f d = 20 window elements: not supported
+    wide_w = [torch.randn(3, 1, 5, 4, dtype=torch.double)]
+    assert not ck.supports(wide, wide_w)
+    with pytest.raises(ValueError, match="f \\* d <= 16"):
+        ck.conv_max_pool(wide, wide_w, torch.zeros(3, dtype=torch.double))
+
+
+@needs_kernels
+def test_threads_with_different_thread_counts_share_the_kernels_safely():
+    """torch's thread count can differ between Python threads; each count has its own pool,
+    and no pool is shut down under another thread (which raised 'cannot schedule new futures
+    after shutdown')."""
+    import threading
+
+    emb, ws, bias = _inputs(6, 10, 4, 1, [(2, 20), (3, 9)], torch.float)
+    want = ck.conv_max_pool(emb, ws, bias)[0]
+    errors, done = [], []
+
+    def work(threads):
+        torch.set_num_threads(threads)
+        try:
+            for _ in range(40):
+                assert torch.equal(ck.conv_max_pool(emb, ws, bias)[0], want)
+            done.append(threads)
+        except Exception as err:  # noqa: BLE001 (reported below)
+            errors.append(repr(err))
+
+    saved = torch.get_num_threads()
+    try:
+        workers = [threading.Thread(target=work, args=(t,)) for t in (2, 3)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join(timeout=120)
+    finally:
+        torch.set_num_threads(saved)
+    assert not errors and sorted(done) == [2, 3]
+
+
+def test_an_unwritable_cache_compiles_into_a_private_folder(fresh_kernels, monkeypatch, tmp_path):
+    """No shared fallback folder is read: with the cache unwritable, the library is built in a
+    new private temporary folder (mode 0700) and a planted file elsewhere is never loaded."""
+    import os
+    import stat
+
+    if not ck.shutil.which("cc") and not ck.shutil.which("gcc"):
+        pytest.skip("no C compiler")
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    monkeypatch.setenv("TEXTGAN_CACHE", str(blocked))  # mkdir under a file fails
+    private = tmp_path / "private"
+    private.mkdir()
+    monkeypatch.setattr(ck.tempfile, "tempdir", str(private))
+    assert ck.available()
+    folders = list(private.glob("textgan-kernels-*"))
+    assert len(folders) == 1 and stat.S_IMODE(os.stat(folders[0]).st_mode) == 0o700
+    assert [p.suffix for p in folders[0].iterdir()] == [".so"]

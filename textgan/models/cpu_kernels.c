@@ -15,11 +15,13 @@
  *   idx  (B, R, ldo)    int16: the time step t* of the maximum (the first maximum; NaN
  *                       propagates and the last NaN wins, as in max_pool2d)
  * score[b, t, r, c] = sum_k wt[k, c] * emb[b, t + k / d, r, k % d]. Backward, from the gradient
- * g of out and out itself (ReLU passes where out > 0): gbias[c] += g'; gemb[b, t* + k/d, r, k%d]
- * += g' wt[k, c]; gwt[k, c] += g' * (the same window element), with g' = g [out > 0]. The
+ * g of out and out itself: gbias[c] += g'; gemb[b, t* + k/d, r, k%d]
+ * += g' wt[k, c]; gwt[k, c] += g' * (the same window element), with g' = g [!(out <= 0)]
+ * (ReLU's gradient passes NaN, as in PyTorch). The
  * gradients are accumulated (+=); gemb and gwt may be NULL.
  */
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define AI static inline __attribute__((always_inline))
@@ -60,12 +62,13 @@
             memcpy(xs + t * d, emb + ((b * L + t) * R + r) * d, d * sizeof(T));                \
     }                                                                                          \
                                                                                                \
-    void textgan_conv_max_fwd_##SUF(const T *emb, int64_t b0, int64_t b1, int64_t L,           \
+    int textgan_conv_max_fwd_##SUF(const T *emb, int64_t b0, int64_t b1, int64_t L,           \
                                     int64_t R, int64_t d, const T *wt, int64_t n, int64_t np,  \
                                     int64_t f, const T *bias, T *out, int16_t *idx,            \
                                     int64_t ldo) {                                             \
         const int64_t Tp = L - f + 1, K = f * d;                                               \
-        T xs[L * d];                                                                           \
+        T *xs = malloc(L * d * sizeof(T)); /* the heap: pool threads may have small stacks */ \
+        if (!xs) return 1; /* out of memory: the caller raises */                              \
         for (int64_t b = b0; b < b1; b++)                                                      \
             for (int64_t r = 0; r < R; r++) {                                                  \
                 load_row_##SUF(emb, b, r, L, R, d, xs);                                        \
@@ -79,6 +82,8 @@
                 default: fwd_row_##SUF(xs, Tp, d, K, wt, n, np, bias, o, oi);                  \
                 }                                                                              \
             }                                                                                  \
+        free(xs);                                                                              \
+        return 0;                                                                              \
     }                                                                                          \
                                                                                                \
     /* one (b, r): gradients of the pooled features through their winning windows; the
@@ -88,7 +93,7 @@
                           int64_t np, const T *g, const T *y, const int16_t *ix, T *gwt,       \
                           T *gb, T *gc) {                                                      \
         for (int64_t c = 0; c < n; c++) {                                                      \
-            gc[c] = y[c] > 0 ? g[c] : (T)0;                                                    \
+            gc[c] = y[c] <= 0 ? (T)0 : g[c]; /* as PyTorch: NaN passes */                  \
             gb[c] += gc[c];                                                                    \
         }                                                                                      \
         for (int64_t c = n; c < np; c++) gc[c] = 0; /* padding: no gradient */                 \
@@ -111,17 +116,19 @@
             }                                                                                  \
     }                                                                                          \
                                                                                                \
-    void textgan_conv_max_bwd_##SUF(const T *emb, int64_t b0, int64_t b1, int64_t L,           \
+    int textgan_conv_max_bwd_##SUF(const T *emb, int64_t b0, int64_t b1, int64_t L,           \
                                     int64_t R, int64_t d, const T *wt, int64_t n, int64_t np,  \
                                     int64_t f, const T *g, const T *out, const int16_t *idx,   \
                                     int64_t ldg, T *gemb, T *gwt, T *gbias) {                  \
         const int64_t K = f * d;                                                               \
-        T xs[L * d], gxs[L * d], gc[np];                                                       \
+        T *xs = malloc((2 * L * d + np) * sizeof(T)); /* heap, as in the forward */            \
+        if (!xs) return 1; /* out of memory: the caller raises */                              \
+        T *gxs = xs + L * d, *gc = gxs + L * d;                                                \
         T *gx = gemb ? gxs : 0;                                                                \
         for (int64_t b = b0; b < b1; b++)                                                      \
             for (int64_t r = 0; r < R; r++) {                                                  \
                 load_row_##SUF(emb, b, r, L, R, d, xs);                                        \
-                memset(gxs, 0, sizeof(gxs));                                                   \
+                memset(gxs, 0, L * d * sizeof(T));                                             \
                 const int64_t row = (b * R + r) * ldg;                                         \
                 const T *gr = g + row, *yr = out + row;                                        \
                 const int16_t *ir = idx + row;                                                 \
@@ -137,6 +144,8 @@
                         for (int64_t e = 0; e < d; e++)                                        \
                             gemb[((b * L + t) * R + r) * d + e] += gxs[t * d + e];             \
             }                                                                                  \
+        free(xs);                                                                              \
+        return 0;                                                                              \
     }
 
 DEFINE_KERNELS(float, 32, 16)
@@ -235,7 +244,7 @@ DEFINE_KERNELS(double, 64, 8)
                 const hv_##SUF s = sigmoid_##SUF(gb), mu = mult_##SUF(ki ? kb : 0, thr, scale); \
                 const hv_##SUF diff = relu_##SUF(hb) - xb;                                     \
                 const hv_##SUF z = mu * (xb + s * diff), gy = (gi * vb) * mu;                  \
-                const hv_##SUF dh = (hv_##SUF)((hm_##SUF)(gy * s) & (hb > 0));                 \
+                const hv_##SUF dh = (hv_##SUF)((hm_##SUF)(gy * s) & ~(hb <= 0));               \
                 const hv_##SUF dg = gy * diff * s * (1 - s), dx = gy * (1 - s);                \
                 if (m == LANES) {                                                              \
                     *(hv_##SUF *)(gv + k) += gi * z;                                           \

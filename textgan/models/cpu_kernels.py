@@ -46,7 +46,7 @@ _MAX_ROW = 1 << 16  # L * d values per (b, r) row on the kernel's stack
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
 _failed = False
-_pool: tuple[int, ThreadPoolExecutor] | None = None
+_pools: dict[int, ThreadPoolExecutor] = {}
 
 
 def _cpu_id() -> str:
@@ -69,7 +69,26 @@ def _cache_dir() -> Path:
     return (Path(xdg) if xdg else Path.home() / ".cache") / "textgan"
 
 
+def _compile(cc: str, target: Path) -> None:
+    """Compile into ``target`` through a temporary file in its folder, renamed at the end
+    (atomic: a concurrent build never loads a half-written library)."""
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(fd)
+    try:
+        cmd = [cc, "-O3", "-march=native", "-shared", "-fPIC", "-o", tmp, str(_SOURCE)]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        if done.returncode:
+            raise RuntimeError(f"`{' '.join(cmd)}` failed:\n{done.stderr.strip()}")
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 def _build() -> ctypes.CDLL:
+    """Load the cached library or compile it. The cache is the user's own folder; when it cannot
+    be written, the library is compiled into a fresh private temporary folder and not reused
+    (a shared folder such as /tmp could hand over a library planted by another user)."""
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if not cc:
         raise RuntimeError("no C compiler found (set $CC or install gcc)")
@@ -77,36 +96,28 @@ def _build() -> ctypes.CDLL:
     source = _SOURCE.read_bytes()
     key = hashlib.sha256(b"\0".join([source, version.stdout.encode(), _cpu_id().encode(),
                                      platform.machine().encode()])).hexdigest()[:16]
-    for folder in (_cache_dir() / "kernels", Path(tempfile.gettempdir()) / "textgan-kernels"):
-        target = folder / f"cpu_kernels-{key}.so"
-        if target.exists():
-            return ctypes.CDLL(str(target))
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(suffix=".so", dir=folder)
-        except OSError:
-            continue  # not writable: try the next folder
-        os.close(fd)
-        try:
-            cmd = [cc, "-O3", "-march=native", "-shared", "-fPIC", "-o", tmp, str(_SOURCE)]
-            done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-            if done.returncode:
-                raise RuntimeError(f"`{' '.join(cmd)}` failed:\n{done.stderr.strip()}")
-            os.replace(tmp, target)  # atomic: concurrent builds never load a half-written file
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+    target = _cache_dir() / "kernels" / f"cpu_kernels-{key}.so"
+    if target.exists():
         return ctypes.CDLL(str(target))
-    raise RuntimeError(f"no writable folder for the compiled kernels (tried {_cache_dir()})")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _compile(cc, target)
+    except OSError as err:  # not writable: a private folder for this process
+        log.info("textgan: kernel cache %s not writable (%s); compiling into a temporary "
+                 "folder", target.parent, err)
+        target = Path(tempfile.mkdtemp(prefix="textgan-kernels-")) / target.name
+        _compile(cc, target)
+    return ctypes.CDLL(str(target))
 
 
 def _declare(lib: ctypes.CDLL) -> None:
     P, I = ctypes.c_void_p, ctypes.c_int64
     for bits in (32, 64):
         fwd = getattr(lib, f"textgan_conv_max_fwd_{bits}")
-        fwd.argtypes, fwd.restype = [P, I, I, I, I, I, P, I, I, I, P, P, P, I], None
+        fwd.argtypes, fwd.restype = [P, I, I, I, I, I, P, I, I, I, P, P, P, I], ctypes.c_int
         bwd = getattr(lib, f"textgan_conv_max_bwd_{bits}")
-        bwd.argtypes, bwd.restype = [P, I, I, I, I, I, P, I, I, I, P, P, P, I, P, P, P], None
+        bwd.argtypes = [P, I, I, I, I, I, P, I, I, I, P, P, P, I, P, P, P]
+        bwd.restype = ctypes.c_int
         S = ctypes.c_float if bits == 32 else ctypes.c_double
         fwd = getattr(lib, f"textgan_head_fwd_{bits}")
         fwd.argtypes, fwd.restype = [P, P, P, I, S, P, I, I, I, I, I, P], None
@@ -135,49 +146,61 @@ def available() -> bool:
     return _lib is not None
 
 
+def _fits(emb: Tensor, weights: list[Tensor]) -> bool:
+    if emb.dim() != 4 or any(w.dim() != 4 or w.shape[3] != emb.shape[3] for w in weights):
+        return False
+    _, L, _, d = emb.shape
+    return L * d <= _MAX_ROW and L <= 32767 and all(
+        w.dtype == emb.dtype and w.shape[2] * d <= _MAX_WINDOW and w.shape[2] <= L
+        for w in weights)
+
+
 def supports(emb: Tensor, weights: list[Tensor]) -> bool:
     """Whether the kernels take this input: CPU, float32/float64, small windows (``f * d <=
     16``) and rows (``L * d <= 65536``, ``L < 32768``: int16 time steps)."""
     if emb.device.type != "cpu" or emb.dtype not in (torch.float32, torch.float64):
         return False
-    _, L, _, d = emb.shape
-    if L * d > _MAX_ROW or L > 32767 or any(w.dtype != emb.dtype or w.shape[2] * d > _MAX_WINDOW
-                               or w.shape[2] > L for w in weights):
-        return False
-    return available()
+    return _fits(emb, weights) and available()
 
 
-def _forget_pool() -> None:
-    """In a forked child the parent's pool threads do not exist: start a new pool there."""
-    global _pool
-    _pool = None
+def _forget_pools() -> None:
+    """In a forked child the parent's pool threads do not exist: start new pools there."""
+    _pools.clear()
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_pool)
+    os.register_at_fork(after_in_child=_forget_pools)
 
 
 def _executor() -> tuple[int, ThreadPoolExecutor | None]:
-    global _pool
+    """A pool of ``torch.get_num_threads()`` workers (per calling thread in some builds), one
+    per thread count, kept for the process: a pool another thread may be using is never shut
+    down."""
     threads = max(1, torch.get_num_threads())
     if threads == 1:
         return 1, None
-    if _pool is None or _pool[0] != threads:
-        old, _pool = _pool, (threads, ThreadPoolExecutor(threads, "textgan-kernel"))
-        if old is not None:
-            old[1].shutdown(wait=False)
-    return _pool
+    with _lock:
+        pool = _pools.get(threads)
+        if pool is None:
+            pool = _pools[threads] = ThreadPoolExecutor(threads, "textgan-kernel")
+    return threads, pool
 
 
 def _run(job, rows: int) -> list:
-    """``job(b0, b1)`` over ``rows`` batch rows, split into one contiguous range per thread."""
+    """``job(b0, b1)`` over ``rows`` batch rows, split into one contiguous range per thread
+    (one empty range when there are no rows)."""
     threads, pool = _executor()
-    parts = min(threads, rows)
+    parts = max(1, min(threads, rows))
     bounds = [rows * i // parts for i in range(parts + 1)]
     ranges = list(zip(bounds[:-1], bounds[1:], strict=True))
     if pool is None or parts == 1:
         return [job(b0, b1) for b0, b1 in ranges]
     return list(pool.map(lambda r: job(*r), ranges))
+
+
+def _check(status: int) -> None:
+    if status:
+        raise MemoryError("a compiled CPU kernel could not allocate its row buffers")
 
 
 _workspaces = threading.local()
@@ -233,6 +256,10 @@ def conv_max_pool(emb: Tensor, weights: list[Tensor], bias: Tensor) -> tuple[Ten
         ``(features, index)``, ``(B, R, sum n_i)`` each: ``relu(max_t sum_{j,e} w[c, 0, j, e]
         emb[b, t + j, r, e] + bias[c])`` and the maximising ``t`` (int16).
     """
+    if not _fits(emb, weights):
+        raise ValueError(f"conv_max_pool takes (B, L, R, d) inputs with windows f * d <= "
+                         f"{_MAX_WINDOW} and L * d <= {_MAX_ROW}; got {tuple(emb.shape)} and "
+                         f"weights {[tuple(w.shape) for w in weights]} (check supports() first)")
     emb = emb.detach().contiguous()
     bias = bias.detach().to(emb.dtype).contiguous()
     B, L, R, d = emb.shape
@@ -246,9 +273,9 @@ def conv_max_pool(emb: Tensor, weights: list[Tensor], bias: Tensor) -> tuple[Ten
     def job(b0: int, b1: int) -> None:
         col = 0
         for w, (wt, n, np_) in zip(weights, prepared, strict=True):
-            fwd(emb.data_ptr(), b0, b1, L, R, d, wt.data_ptr(), n, np_, w.shape[2],
-                bias.data_ptr() + size * col, features.data_ptr() + size * col,
-                index.data_ptr() + 2 * col, total)
+            _check(fwd(emb.data_ptr(), b0, b1, L, R, d, wt.data_ptr(), n, np_, w.shape[2],
+                       bias.data_ptr() + size * col, features.data_ptr() + size * col,
+                       index.data_ptr() + 2 * col, total))
             col += n
 
     _run(job, B)
@@ -276,10 +303,11 @@ def conv_max_pool_backward(emb: Tensor, weights: list[Tensor], index: Tensor, fe
         bias = emb.new_zeros(total)
         col = 0
         for i, (w, (wt, n, np_)) in enumerate(zip(weights, prepared, strict=True)):
-            bwd(emb.data_ptr(), b0, b1, L, R, d, wt.data_ptr(), n, np_, w.shape[2],
-                grad.data_ptr() + size * col, features.data_ptr() + size * col,
-                index.data_ptr() + 2 * col, total, _ptr(grad_emb),
-                partial[i].data_ptr() if need_weights else None, bias.data_ptr() + size * col)
+            _check(bwd(emb.data_ptr(), b0, b1, L, R, d, wt.data_ptr(), n, np_, w.shape[2],
+                       grad.data_ptr() + size * col, features.data_ptr() + size * col,
+                       index.data_ptr() + 2 * col, total, _ptr(grad_emb),
+                       partial[i].data_ptr() if need_weights else None,
+                       bias.data_ptr() + size * col))
             col += n
         return partial, bias
 

@@ -210,7 +210,7 @@ class _KernelConvMaxPool(torch.autograd.Function):
         need_emb, need_bias = ctx.needs_input_grad[:2]
         need_w = any(ctx.needs_input_grad[2:])
         if torch.is_grad_enabled():
-            grad = grad * (features > 0).to(grad.dtype)  # through the ReLU
+            grad = grad * (~(features <= 0)).to(grad.dtype)  # the ReLU's (NaN passes)
             grad_emb, grad_ws, col = None, [], 0
             for w in weights:
                 n = w.shape[0]
@@ -521,7 +521,7 @@ class RelGANDiscriminator(nn.Module):
         weights = [c.weight for c in self.convs]
         with torch.autocast(emb.device.type, enabled=False):  # see _conv_max_pool
             e = emb.to(weights[0].dtype)
-            if cpu_kernels.supports(e, weights):
+            if all(c.bias is not None for c in self.convs) and cpu_kernels.supports(e, weights):
                 bias = torch.cat([c.bias for c in self.convs])
                 return _KernelConvMaxPool.apply(e, bias, *weights)
         pooled = [_conv_max_pool(emb, c.weight, c.bias) for c in self.convs]  # (B, R, n_f) each
