@@ -12,8 +12,10 @@ weights, ~30% faster on CPU than ``conv2d``); the bias and the ReLU are applied 
 max-pool, which gives the same values because both are monotone: ``max_t relu(s_t + b) =
 relu(max_t s_t + b)``. Only differentiable built-in ops are used, so double backward (the WGAN-GP
 gradient penalty) works. On the CPU, RelGAN's discriminator runs all filter sizes' convolution +
-max-over-time in compiled kernels (:mod:`textgan.models.cpu_kernels`, built on first use; the
-ops above when they cannot be built or ``TEXTGAN_CPU_KERNELS=0``).
+max-over-time + bias + ReLU in compiled kernels, and both discriminators run what follows the
+highway's matrix product (the highway mix, dropout, the linear output) in one
+(:mod:`textgan.models.cpu_kernels`, built on first use; the ops above when they cannot be built,
+for a double backward, under autocast (the head) or with ``TEXTGAN_CPU_KERNELS=0``).
 
 References:
     * Nie, Narodytska, Patel. RelGAN: Relational Generative Adversarial Networks for Text
