@@ -12,8 +12,9 @@ ctypes releases the GIL during the calls). Everything stays on the PyTorch path 
 logged once, with the compiler's message).
 
 Results agree with the PyTorch path to rounding (the sums run in another order). Per call they
-depend on the number of threads only through the order in which the weight gradient's partial
-sums are added, so a run with a fixed thread count is bit-reproducible.
+depend on the number of threads only through the order in which the partial sums over rows (the
+gradients of the weights, the conv bias and the head's output vector) are added, so a run with a
+fixed thread count is bit-reproducible.
 """
 
 from __future__ import annotations
