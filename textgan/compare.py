@@ -605,8 +605,6 @@ def write_results(out: Path, rows: list[dict], meta: dict,
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(
         {"meta": meta, "exact_grad": exact, "rows": rows}, indent=2) + "\n")
-    notes = sorted({f"{r['estimator']} ({r['problem']}): {r['note']}" for r in rows
-                    if r.get("note") and r.get("bias_l2") is None})
     md = [f"# compare-estimators: {meta['problem']}", "",
           f"`{meta['command']}`", "",
           f"draws={meta['draws']} seed={meta['seed']} gumbel_rao k={meta['gr_k']}; exact "
@@ -616,17 +614,26 @@ def write_results(out: Path, rows: list[dict], meta: dict,
           "bias_l2 includes Monte-Carlo noise of about bias_se = sqrt(variance / draws). "
           "ms_per_estimate is amortised over vectorised draws. sf, sf_ema, sf_rloo and st do "
           "not use tau. sf_ema is measured with a warm EMA.", ""]
+    return finish_report(out, md, rows, "bias_l2", [
+        ("tau", "bias_l2", "samples", "bias_vs_tau.png", "bias (L2) of the mean estimate vs tau"),
+        ("tau", "variance", "samples", "variance_vs_tau.png", "variance (trace) vs tau"),
+        ("samples", "mse", "tau", "mse_vs_samples.png", "MSE vs samples")])
+
+
+def finish_report(out: Path, md: list[str], rows: list[dict], metric: str,
+                  plots: list[tuple[str, str, str, str, str]]) -> list[Path]:
+    """Append to ``md`` the notes of the rows without ``metric`` (why it is n/a), write it as
+    ``results.md``, draw ``plots`` (``(x, y, panel, file, title)`` each) and return the paths
+    written (``results.json`` first: the caller has written it)."""
+    notes = sorted({f"{r['estimator']} ({r['problem']}): {r['note']}" for r in rows
+                    if r.get("note") and r.get(metric) is None})
     if notes:
-        md += ["n/a:", *[f"- {n}" for n in notes], ""]
+        md = [*md, "n/a:", *[f"- {n}" for n in notes], ""]
     (out / "results.md").write_text("\n".join(md))
     problems = list(dict.fromkeys(r["problem"] for r in rows))
     paths = [out / "results.json", out / "results.md"]
-    paths.append(_plot(rows, problems, out, x="tau", y="bias_l2", panel="samples",
-                       file="bias_vs_tau.png", title="bias (L2) of the mean estimate vs tau"))
-    paths.append(_plot(rows, problems, out, x="tau", y="variance", panel="samples",
-                       file="variance_vs_tau.png", title="variance (trace) vs tau"))
-    paths.append(_plot(rows, problems, out, x="samples", y="mse", panel="tau",
-                       file="mse_vs_samples.png", title="MSE vs samples"))
+    for x, y, panel, file, title in plots:
+        paths.append(_plot(rows, problems, out, x=x, y=y, panel=panel, file=file, title=title))
     return paths
 
 

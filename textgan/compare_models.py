@@ -796,7 +796,7 @@ DEFINITIONS = (
 def write_results(out: Path, rows: list[dict], meta: dict, refs: dict,
                   problems: dict[str, dict]) -> list[Path]:
     """Write ``results.json``, ``results.md`` and three plots; return the written paths."""
-    from textgan.compare import _plot
+    from textgan.compare import finish_report
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -821,20 +821,10 @@ def write_results(out: Path, rows: list[dict], meta: dict, refs: dict,
                       f"bias_z towards 1 whatever the estimator; read variance and snr, or "
                       f"raise --ref-samples (the error falls as 1/sqrt(samples))")
     md += ["", markdown_table(rows), DEFINITIONS, ""]
-    notes = sorted({f"{r['estimator']} ({r['problem']}): {r['note']}" for r in rows
-                    if r.get("note") and r.get("variance") is None})
-    if notes:
-        md += ["n/a:", *[f"- {n}" for n in notes], ""]
-    (out / "results.md").write_text("\n".join(md))
-    names = list(dict.fromkeys(r["problem"] for r in rows))
-    paths = [out / "results.json", out / "results.md"]
-    paths.append(_plot(rows, names, out, x="tau", y="variance", panel="samples",
-                       file="variance_vs_tau.png", title="gradient variance (trace) vs tau"))
-    paths.append(_plot(rows, names, out, x="tau", y="snr", panel="samples",
-                       file="snr_vs_tau.png", title="single-estimate SNR vs tau"))
-    paths.append(_plot(rows, names, out, x="samples", y="variance", panel="tau",
-                       file="variance_vs_samples.png", title="gradient variance vs samples"))
-    return paths
+    return finish_report(out, md, rows, "variance", [
+        ("tau", "variance", "samples", "variance_vs_tau.png", "gradient variance (trace) vs tau"),
+        ("tau", "snr", "samples", "snr_vs_tau.png", "single-estimate SNR vs tau"),
+        ("samples", "variance", "tau", "variance_vs_samples.png", "gradient variance vs samples")])
 
 
 def run_problems(args, problems: list[ModelProblem], estimators: list[str], taus: list[float],
