@@ -1,4 +1,4 @@
-"""Command line: ``textgan {ls,train,sample,eval,bench,compare-estimators} ...``.
+"""Command line: ``textgan {ls,train,sample,eval,report,bench,compare-estimators} ...``.
 
 Each subcommand lives in its own module exposing ``add_arguments(parser)`` and
 ``run(args) -> int``; this file only dispatches. User errors (``ValueError``,
@@ -17,6 +17,7 @@ COMMANDS = {
     "train": ("textgan.commands.train", "train a recipe: textgan train RECIPE [key=value ...]"),
     "sample": ("textgan.commands.sample", "sample text from a run or checkpoint"),
     "eval": ("textgan.evaluate", "BLEU / Self-BLEU / NLL metrics on files or a run"),
+    "report": ("textgan.commands.report", "a run's metrics.jsonl as a table, a row per evaluation"),
     "bench": ("textgan.commands.bench", "benchmarks written as markdown tables"),
     "compare-estimators": ("textgan.compare", "score-function vs relaxed gradient estimators"),
 }
