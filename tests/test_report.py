@@ -114,10 +114,25 @@ def test_cli_errors_name_the_argument_and_suggest(tmp_path, capsys):
     run = _write(tmp_path / "r", RECORDS)
     assert main(["report", str(run), "--keys", "bleu"]) == 2
     err = capsys.readouterr().err
-    assert "metric 'bleu' is not in" in err and "did you mean 'bleu2'" in err
+    assert "metric 'bleu' is in no run" in err and "did you mean 'bleu2'" in err
     assert main(["report", str(run), "--phase", "adversarail"]) == 2
     assert "did you mean 'adversarial'" in capsys.readouterr().err
     assert main(["report", str(tmp_path / "none")]) == 2
     assert "has no metrics.jsonl" in capsys.readouterr().err
     assert main(["report", str(run), "--keys", ","]) == 2
     assert "`--keys` is empty" in capsys.readouterr().err
+
+
+def test_cli_a_key_of_one_run_only_leaves_the_others_blank_and_plots(tmp_path, capsys):
+    a = _write(tmp_path / "a", RECORDS)
+    b = _write(tmp_path / "b", RECORDS[:3])  # MLE only: no g_entropy
+    png = tmp_path / "curve.png"
+    assert main(["report", str(a), str(b), "--keys", "g_entropy,nll_test", "--phase",
+                 "adversarial", "--plot", str(png)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[2:] == [f"| {a} | adversarial | 20 | 0.5000 | 3.0000 |",
+                       f"| {a} | adversarial | 30 | 0.5000 | 3.5000 |",
+                       f"wrote {png}"]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["report", str(b), "--keys", "g_entropy"]) == 2  # in no run given
+    assert "metric 'g_entropy' is in no run" in capsys.readouterr().err

@@ -16,7 +16,10 @@
 # and, by name only: gs1 / rc1 = gs / rc at beta_max 1 (beta constant: the setting RelGAN's author
 # gives for the paper's length-20 table, weilinie/RelGAN#22), mlerc = mle on RelGAN's code's oracle,
 # cocows = coco on whitespace words (session 11's job), cocofix = coco with data.fixed_length=true
-# (RelGAN's code's <pad>-filled sentences: does the <eos> + forced-<pad> form collapse faster?).
+# (RelGAN's code's <pad>-filled sentences: does the <eos> + forced-<pad> form collapse faster?),
+# cocoinit = cocofix's adversarial phase alone from the MLE checkpoint INIT (default $GPU_DIR/init:
+# a checkpoint directory, e.g. the 150-epoch start runs/coco150/checkpoints/step_23400 of
+# session 17), the recipe's 2,000 iterations, evaluated every 50.
 # Fails fast: a job that dies in its first FAIL_S seconds stops them all (exit 1, its log shown).
 # Other settings: EXTRA="key=value ..." added to every job (a tiny model to try it on a CPU),
 # PY, OUT (what comes back: runs.tgz and the final generators, split). A package the GPU machine lacks
@@ -49,6 +52,7 @@ args_of() {
     mlerc) echo "$CODE_ORACLE pretrain.steps=100000 train.adv_steps=0 eval.every=500" ;;
     cocows) echo "$(args_of coco) data.word_split=whitespace data.max_len=36" ;;
     cocofix) echo "$(args_of coco) data.fixed_length=true" ;;
+    cocoinit) echo "recipes/relgan/coco.yaml data.path=$G/coco data.fixed_length=true generator.init_from=${INIT:-$G/init} pretrain.steps=0 eval.every=50" ;;
     *) echo "unknown job $1" >&2; exit 2 ;;
   esac
 }

@@ -8,6 +8,7 @@ row reads "the evaluation at this step and what training logged on the way to it
 
     textgan report runs/relgan-coco --keys bleu2,bleu5,self_bleu4,unique,g_entropy,fake_max
     textgan report runs/a runs/b --phase adversarial --keys nll_oracle --best nll_oracle
+    textgan report runs/relgan-oracle --keys nll_oracle,nll_test --plot curve.png
 
 ``--best KEY`` adds a line with the best row of each run: the lowest value, except for keys that
 grow with quality (``bleu*``, ``sacrebleu*``, ``recon_bleu``, ``recon_acc``, ``unique``), where
@@ -43,6 +44,9 @@ def add_arguments(parser) -> None:
                         help="add the wall minutes since the run's first record (pauses of a "
                              "resumed run included)")
     parser.add_argument("--csv", action="store_true", help="CSV instead of a markdown table")
+    parser.add_argument("--plot", default=None, metavar="PNG",
+                        help="also draw the columns against the step, a panel per column and a "
+                             "line per run and phase, into this PNG file")
 
 
 def read_records(run: str | Path) -> list[dict]:
@@ -127,6 +131,35 @@ def best_row(rows: list[dict], spec: str) -> tuple[str, dict | None]:
     return key, pick(have, key=lambda r: r[key])
 
 
+def plot(table: list[dict], keys: list[str], path: str | Path) -> Path:
+    """A panel per key (value against step), a line per run and phase; returns the path."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    cols = min(len(keys), 3)
+    nrows = -(-len(keys) // cols)
+    fig = Figure(figsize=(4.2 * cols, 3.0 * nrows))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(nrows, cols, squeeze=False).ravel()
+    lines = list(dict.fromkeys((r["run"], r["phase"]) for r in table))
+    for ax, key in zip(axes, keys, strict=False):
+        for run, phase in lines:
+            pts = [(r["step"], r[key]) for r in table if (r["run"], r["phase"]) == (run, phase)
+                   and isinstance(r.get(key), (int, float))]
+            if pts:
+                label = f"{run} {phase}" if len({r for r, _ in lines}) > 1 else phase
+                ax.plot(*zip(*pts, strict=True), marker="o", markersize=3, label=label)
+        ax.set_title(key, fontsize=9)
+        ax.set_xlabel("step")
+        ax.legend(fontsize=7)
+    for ax in axes[len(keys):]:
+        ax.set_visible(False)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=90)
+    return path
+
+
 def _fmt(v) -> str:
     if v is None:
         return ""
@@ -150,19 +183,20 @@ def run(args) -> int:
                          "--keys nll_test,bleu2")
     columns = (["run"] if len(args.runs) > 1 else []) + ["phase", "step"]
     columns += ["min"] if args.minutes else []
+    runs = {name: read_records(name) for name in args.runs}
+    known = {k for records in runs.values() for r in records for k in r
+             if k not in _NOT_METRICS}
+    phases = list(dict.fromkeys(r["phase"] for records in runs.values() for r in records))
+    if args.phase is not None and args.phase not in phases:
+        raise ValueError(f"`--phase` '{args.phase}' is in no run (their phases: {phases})"
+                         f"{did_you_mean(args.phase, phases)}")
+    best_key = args.best.partition(":")[0] if args.best else None
+    for k in [args.rows, *(keys or []), *([best_key] if best_key else [])]:
+        if k not in known:
+            raise ValueError(f"metric '{k}' is in no run{did_you_mean(k, known)}; their "
+                             f"metrics: {sorted(known)}")
     table, bests, all_keys = [], [], None
-    for name in args.runs:
-        records = read_records(name)
-        known = {k for r in records for k in r if k not in _NOT_METRICS}
-        phases = list(dict.fromkeys(r["phase"] for r in records))
-        if args.phase is not None and args.phase not in phases:
-            raise ValueError(f"`--phase` '{args.phase}' is not in {name} (its phases: "
-                             f"{phases}){did_you_mean(args.phase, phases)}")
-        for k in [args.rows, *(keys or []), *([args.best.partition(":")[0]] if args.best
-                                               else [])]:
-            if k not in known:
-                raise ValueError(f"metric '{k}' is not in {name}{did_you_mean(k, known)}; its "
-                                 f"metrics: {sorted(known)}")
+    for name, records in runs.items():
         run_keys, rows = table_rows(records, keys, args.rows, args.phase)
         all_keys = list(dict.fromkeys([*(all_keys or []), *run_keys]))
         t0 = min((r["time"] for r in records if "time" in r), default=None)
@@ -175,6 +209,8 @@ def run(args) -> int:
             bests.append((name, *best_row(rows, args.best)))
     columns += all_keys or []
     print(render(columns, [[row.get(c) for c in columns] for row in table], args.csv), end="")
+    if args.plot:
+        print(f"wrote {plot(table, all_keys or [], args.plot)}")
     for name, key, row in bests:
         where = f"{row['phase']} step {row['step']}" if row else "no row has it"
         value = f"{_fmt(row[key])} at " if row else ""
