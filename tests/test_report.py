@@ -119,6 +119,8 @@ def test_cli_errors_name_the_argument_and_suggest(tmp_path, capsys):
     assert "did you mean 'adversarial'" in capsys.readouterr().err
     assert main(["report", str(tmp_path / "none")]) == 2
     assert "has no metrics.jsonl" in capsys.readouterr().err
+    assert main(["report", str(_write(tmp_path / "old", RECORDS[:2]))]) == 2  # no evaluation
+    assert "choose the rows with --rows KEY" in capsys.readouterr().err
     assert main(["report", str(run), "--keys", ","]) == 2
     assert "`--keys` is empty" in capsys.readouterr().err
 

@@ -193,8 +193,9 @@ def run(args) -> int:
     best_key = args.best.partition(":")[0] if args.best else None
     for k in [args.rows, *(keys or []), *([best_key] if best_key else [])]:
         if k not in known:
+            hint = "; choose the rows with --rows KEY" if k == args.rows else ""
             raise ValueError(f"metric '{k}' is in no run{did_you_mean(k, known)}; their "
-                             f"metrics: {sorted(known)}")
+                             f"metrics: {sorted(known)}{hint}")
     table, bests, all_keys = [], [], None
     for name, records in runs.items():
         run_keys, rows = table_rows(records, keys, args.rows, args.phase)
