@@ -156,6 +156,19 @@ CONFIG_ERRORS = [
     # values checked by a section shared by two keys: the message names the dotted key
     ("relgan/oracle.yaml", ["pretrain.batch_size=0"], "`pretrain.batch_size` must be >= 1, got 0"),
     ("mle/oracle.yaml", ["train.lr=0"], "`train.lr` must be > 0, got 0.0"),
+    # eval.best: a metric that the recipe's evaluations record (checked before any training)
+    ("relgan/oracle.yaml", ["eval.best=bleu4"],
+     "`eval.best` names 'bleu4', which this recipe's evaluations do not record; choose one of "
+     "['nll_test', 'nll_oracle', 'unique'] (Self-BLEU-n needs n in `eval.self_bleu`, BLEU-n in "
+     "`eval.bleu`)"),
+    ("vae/oracle.yaml", ["eval.best=recon_blue"],
+     "`eval.best` names 'recon_blue', which this recipe's evaluations do not record (did you "
+     "mean 'recon_bleu'?); choose one of ['neg_elbo', 'neg_elbo_token', 'recon', 'kl', "
+     "'recon_argmax', 'recon_acc', 'recon_bleu', 'nll_oracle', 'unique'] (Self-BLEU-n needs n "
+     "in `eval.self_bleu`, BLEU-n in `eval.bleu`)"),
+    ("mle/oracle.yaml", ["eval.best=nll_oracle:lowest"],
+     "`eval.best` must be KEY, KEY:min or KEY:max (e.g. nll_oracle or bleu4:max), got "
+     "'nll_oracle:lowest'"),
     # data sizes known before any data is drawn
     ("mle/oracle.yaml", ["data.vocab_size=1"], "`data.vocab_size` must be >= 2, got 1"),
     ("mle/oracle.yaml", ["data.num_train=16", "train.batch_size=64"],

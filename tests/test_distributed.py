@@ -205,9 +205,15 @@ def test_relgan_two_processes_match_one(tmp_path):
     noise (~1e-10, different for different summation orders) into steps of ~lr/10 in the shift.
     With ``train.loss=standard`` they match like everything else (next test)."""
     one, two = tmp_path / "one", tmp_path / "two"
-    _train(one, 1, "relgan/oracle.yaml", *ORACLE, *RELGAN)
-    _train(two, 2, "relgan/oracle.yaml", *ORACLE, *RELGAN)
+    _train(one, 1, "relgan/oracle.yaml", *ORACLE, *RELGAN, "eval.best=nll_oracle")
+    _train(two, 2, "relgan/oracle.yaml", *ORACLE, *RELGAN, "eval.best=nll_oracle")
     recs = _assert_same_run(one, two, skip=("d_real", "d_fake"))
+    # the same best evaluation, kept once (the main process writes it)
+    best = [torch.load(out / "checkpoints" / C.BEST / C.STATE_FILE, weights_only=True)["best"]
+            for out in (one, two)]
+    assert {k: v for k, v in best[0].items() if k != "value"} == \
+        {k: v for k, v in best[1].items() if k != "value"}
+    assert best[1]["value"] == pytest.approx(best[0]["value"], rel=1e-5, abs=1.5e-6)
     b = {r["step"]: r for r in _records(two) if r["phase"] == "adversarial" and "d_real" in r}
     for r in recs:
         if r["phase"] == "adversarial" and "d_real" in r:

@@ -112,10 +112,18 @@ class EvalConfig:
     batch_size: int = 500  # batch size for NLL and sampling during evaluation
     print_samples: int = 3  # decoded samples shown in the log
     tensorboard: bool = False  # also write TensorBoard event files under <output_dir>
+    # keep the generator of the best evaluation so far by this metric in
+    # <output_dir>/checkpoints/best: KEY (bleu*, unique, recon_* maximised, others minimised),
+    # KEY:min or KEY:max, e.g. nll_oracle or bleu4; None = no best checkpoint
+    best: str | None = None
 
     def __post_init__(self):
         if self.every < 1:
             raise ValueError(f"`eval.every` must be >= 1, got {self.every}")
+        if self.best is not None:
+            from textgan.metrics import best_direction
+
+            best_direction(self.best, "eval.best")
         for key in ("bleu", "self_bleu"):
             orders = getattr(self, key)
             if not isinstance(orders, list) or not all(

@@ -42,6 +42,7 @@ __all__ = [
     "bleu",
     "bleu_scores",
     "bleu_sentence_scores",
+    "best_direction",
     "corpus_bleu_sacrebleu",
     "distinct_n",
     "fraction_in_train",
@@ -56,6 +57,25 @@ __all__ = [
 ]
 
 Tokens = Sequence[Hashable]
+
+#: Metric keys (prefixes) that grow with quality; every other metric (NLLs, Self-BLEU, losses)
+#: is better lower.
+HIGHER_IS_BETTER = ("bleu", "sacrebleu", "recon_bleu", "recon_acc", "unique")
+
+
+def best_direction(spec: str, option: str = "--best") -> tuple[str, str]:
+    """``(key, "min" | "max")`` of a "best" specification ``KEY``, ``KEY:min`` or ``KEY:max``:
+    a bare ``KEY`` is maximised for keys starting with one of :data:`HIGHER_IS_BETTER` and
+    minimised otherwise. ``option`` names the setting in the error.
+
+    Raises:
+        ValueError: a malformed specification.
+    """
+    key, _, how = str(spec).partition(":")
+    if how not in ("", "min", "max") or not key:
+        raise ValueError(f"`{option}` must be KEY, KEY:min or KEY:max (e.g. nll_oracle or "
+                         f"bleu4:max), got '{spec}'")
+    return key, how or ("max" if key.startswith(HIGHER_IS_BETTER) else "min")
 
 #: Chen & Cherry's method 1: this many counts are added to a zero n-gram match count.
 SMOOTHING_EPSILON = 0.1

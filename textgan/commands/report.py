@@ -31,8 +31,8 @@ import sys
 from pathlib import Path
 
 from textgan.errors import did_you_mean
+from textgan.metrics import best_direction
 
-HIGHER_IS_BETTER = ("bleu", "sacrebleu", "recon_bleu", "recon_acc", "unique")
 _NOT_METRICS = ("step", "phase", "time")
 
 
@@ -130,19 +130,13 @@ def table_rows(records: list[dict], keys: list[str] | None, rows_key: str,
 def best_row(rows: list[dict], spec: str) -> tuple[str, dict | None]:
     """``(key, row)``: the row with the best value of ``spec`` (``KEY``, ``KEY:min`` or
     ``KEY:max``; see the module docstring), ``None`` if no row has it."""
-    key, how = _best_spec(spec)
+    key, how = best_direction(spec)
     have = [r for r in rows if isinstance(r.get(key), (int, float)) and not math.isnan(r[key])]
     if not have:
         return key, None
     pick = max if how == "max" else min
     return key, pick(have, key=lambda r: r[key])
 
-
-def _best_spec(spec: str) -> tuple[str, str]:
-    key, _, how = spec.partition(":")
-    if how not in ("", "min", "max") or not key:
-        raise ValueError(f"`--best` must be KEY, KEY:min or KEY:max, got '{spec}'")
-    return key, how or ("max" if key.startswith(HIGHER_IS_BETTER) else "min")
 
 
 def plot(table: list[dict], keys: list[str], path: str | Path) -> Path:
@@ -213,7 +207,7 @@ def _check(args, runs: dict[str, list[dict]], keys: list[str] | None) -> None:
              if k not in _NOT_METRICS and args.phase in (None, r["phase"])}
     where = f"phase '{args.phase}' of any run" if args.phase else "any run"
     named = [("--rows", args.rows), *(("--keys", k) for k in keys or [])]
-    named += [("--best", _best_spec(args.best)[0])] if args.best else []
+    named += [("--best", best_direction(args.best)[0])] if args.best else []
     for option, k in named:
         if k not in known:
             hint = "; choose the rows with --rows KEY" if option == "--rows" else ""
@@ -236,7 +230,7 @@ def run(args) -> int:
                              "--keys nll_test,bleu2")
     runs = {name: read_records(name) for name in args.runs}
     _check(args, runs, keys)
-    best_key = _best_spec(args.best)[0] if args.best else None
+    best_key = best_direction(args.best)[0] if args.best else None
     table, bests, all_keys = [], [], []
     for name, records in runs.items():
         run_keys, rows = table_rows(records, keys, args.rows, args.phase,

@@ -71,6 +71,7 @@ class Run:
     tb_writer: object | None = None
     interrupted: bool = False
     last_metrics: dict = field(default_factory=dict)
+    best: dict | None = None  # eval.best: key, value, phase, step, index of the best so far
 
     @property
     def is_main(self) -> bool:
@@ -136,10 +137,47 @@ def make_run(cfg: RecipeConfig) -> Run:
                 "`eval.tensorboard: true` needs the tensorboard package (pip install "
                 "tensorboard); metrics.jsonl is always written"
             ) from None
+    check_best_key(cfg, corpus)
     run = Run(cfg=cfg, accelerator=accelerator, corpus=corpus, out_dir=out_dir,
               resume_from=resume_from, tb_writer=None)
     _install_signal_handlers(run)
     return run
+
+
+#: What :func:`evaluate_generator` records besides its sample metrics; a trainer with its own
+#: evaluation names its keys in its module's ``EVAL_KEYS``.
+GENERATOR_EVAL_KEYS = ("nll_test",)
+
+
+def eval_keys(cfg: RecipeConfig, corpus: Corpus) -> list[str]:
+    """The metrics every evaluation of this recipe records: the trainer's own, then
+    NLL_oracle (oracle data) or BLEU-n, ``unique`` and Self-BLEU-n (:func:`sample_metrics`,
+    :func:`diversity_metrics`)."""
+    import importlib
+
+    from textgan.config import TRAIN_CONFIGS
+
+    module = importlib.import_module(TRAIN_CONFIGS[cfg.algorithm].split(":")[0])
+    own = list(getattr(module, "EVAL_KEYS", GENERATOR_EVAL_KEYS))
+    sample = (["nll_oracle"] if corpus.oracle is not None
+              else [f"bleu{n}" for n in dict.fromkeys(cfg.eval.bleu)])
+    return own + sample + ["unique"] + [f"self_bleu{n}" for n in dict.fromkeys(cfg.eval.self_bleu)]
+
+
+def check_best_key(cfg: RecipeConfig, corpus: Corpus) -> None:
+    """``eval.best`` must name a metric that this recipe's evaluations record."""
+    from textgan.errors import did_you_mean
+    from textgan.metrics import best_direction
+
+    if cfg.eval.best is None:
+        return
+    key, _ = best_direction(cfg.eval.best, "eval.best")
+    keys = eval_keys(cfg, corpus)
+    if key not in keys:
+        raise ValueError(
+            f"`eval.best` names '{key}', which this recipe's evaluations do not record"
+            f"{did_you_mean(key, keys)}; choose one of {keys} (Self-BLEU-n needs n in "
+            f"`eval.self_bleu`, BLEU-n in `eval.bleu`)")
 
 
 _WORLD_ENV = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
@@ -690,16 +728,18 @@ def check_compatible(ckpt: Path, cfg: RecipeConfig, corpus: Corpus) -> None:
 
 
 def save_checkpoint(run: Run, step: int, phase: str, extra: dict | None = None,
-                    keep_last: int = 2, offset: int = 0) -> Path | None:
+                    keep_last: int = 2, offset: int = 0, name: str | None = None) -> Path | None:
     """``accelerator.save_state`` into a temporary directory, then an atomic rename to
     ``checkpoints/step_<offset + step>``; keeps the newest ``keep_last`` checkpoints.
 
     ``step`` is the step within ``phase``; ``offset`` (the steps of earlier phases) only names
-    the directory, so that the checkpoints of several phases sort in order."""
+    the directory, so that the checkpoints of several phases sort in order. ``name`` (e.g.
+    ``best``, :func:`update_best`) writes ``checkpoints/<name>`` instead, replacing it, and prunes
+    nothing; ``resume=auto`` never picks it, ``resume=<that path>`` does."""
     acc = run.accelerator
     root = run.out_dir / "checkpoints"
-    final = root / f"{CKPT_PREFIX}{offset + step}"
-    tmp = root / f".tmp_{CKPT_PREFIX}{offset + step}"
+    final = root / (name or f"{CKPT_PREFIX}{offset + step}")
+    tmp = root / f".tmp_{final.name}"
     if acc.is_main_process:
         root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
@@ -716,17 +756,56 @@ def save_checkpoint(run: Run, step: int, phase: str, extra: dict | None = None,
         meta = {"vocab_size": run.corpus.vocab_size,
                 "generator": {k: v for k, v in run.cfg.generator.items() if k != "init_from"}}
         log_file = run.out_dir / "metrics.jsonl"
-        state = {"step": step, "phase": phase, "extra": extra or {}, "files": files,
+        state = {"step": step, "phase": phase, "index": offset + step, "best": run.best,
+                 "extra": extra or {}, "files": files,
                  "sizes": sizes, "meta": meta, "metrics": run.last_metrics,
                  "metrics_bytes": log_file.stat().st_size if log_file.exists() else 0}
         torch.save(state, tmp / STATE_FILE)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-        for old in checkpoint_dirs(run.out_dir)[:-keep_last] if keep_last > 0 else []:
+        for old in checkpoint_dirs(run.out_dir)[:-keep_last] if keep_last > 0 and not name else []:
             shutil.rmtree(old, ignore_errors=True)
     acc.wait_for_everyone()
     return final
+
+
+BEST = "best"
+
+
+def update_best(run: Run, step: int, phase: str, metrics: dict, offset: int = 0) -> bool:
+    """After an evaluation: ``True`` on every process when ``metrics`` is the best so far by
+    ``eval.best`` (strictly better than every earlier evaluation of the run, all phases, compared
+    as ``metrics.jsonl`` records them, so ``textgan report --best`` picks the same step); the
+    trainer then saves ``checkpoints/best`` (:func:`save_checkpoint` with ``name=BEST``).
+
+    The best so far travels in every checkpoint, so a resumed run compares with the same
+    value. A non-finite value is never the best. With several processes the main process's
+    comparison decides."""
+    spec = run.cfg.eval.best
+    if spec is None:
+        return False
+    from textgan.metrics import best_direction
+
+    key, how = best_direction(spec, "eval.best")
+    value = _plain(metrics[key])
+    prev = run.best
+    if prev is not None and (prev.get("key"), prev.get("how")) != (key, how):
+        if run.is_main:
+            log.info("eval.best is now %s:%s (was %s:%s): the best so far starts again", key,
+                     how, prev.get("key"), prev.get("how"))
+        prev = None
+    better = math.isfinite(value) and (
+        prev is None or (value > prev["value"] if how == "max" else value < prev["value"]))
+    if run.accelerator.num_processes > 1:  # tiny float differences must not split the decision
+        better = sum_over_processes(run, [float(better and run.is_main)])[0] > 0
+    if better:
+        run.best = {"key": key, "how": how, "value": value, "phase": phase, "step": step,
+                    "index": offset + step}
+        if run.is_main:
+            log.info("best %s so far: %s at %s step %d -> %s", key, value, phase, step,
+                     run.out_dir / "checkpoints" / BEST)
+    return better
 
 
 def load_checkpoint(run: Run, ckpt: Path) -> dict:
@@ -773,10 +852,47 @@ def load_checkpoint(run: Run, ckpt: Path) -> dict:
                              ", ".join(f"{k} {old} -> {new}" for k, (old, new) in changed.items()))
                 group.update(recipe)
     run.last_metrics = dict(state.get("metrics") or {})
+    run.best = state.get("best")
     if run.is_main:
         _cut_metrics(run, Path(ckpt), state.get("metrics_bytes"))
+        _drop_later_checkpoints(run, Path(ckpt), state)
     log.info("resumed from %s (phase %s, step %d)", ckpt, state["phase"], state["step"])
     return state
+
+
+def _index(ckpt: Path, state: dict) -> int | None:
+    """Where a checkpoint lies in its run: ``offset + step`` (older checkpoints: their name)."""
+    if "index" in state:
+        return state["index"]
+    tail = ckpt.name[len(CKPT_PREFIX):]
+    return int(tail) if ckpt.name.startswith(CKPT_PREFIX) and tail.isdigit() else None
+
+
+def _drop_later_checkpoints(run: Run, ckpt: Path, state: dict) -> None:
+    """Resuming this run from an earlier checkpoint of its own (``resume=<path>``) rewinds it:
+    like the records of ``metrics.jsonl``, the checkpoints written after that point are
+    removed (left, they would be taken by ``resume=auto`` and would make ``keep_last`` prune
+    the new ones), and so is ``checkpoints/best`` if it lies after that point (the best so far
+    is then the resumed checkpoint's)."""
+    root = run.out_dir / "checkpoints"
+    if ckpt.resolve().parent != root.resolve():
+        return
+    here = _index(ckpt, state)
+    if here is None:
+        return
+    later = [p for p in checkpoint_dirs(run.out_dir) if int(p.name[len(CKPT_PREFIX):]) > here]
+    best = root / BEST
+    if best.is_dir() and best.resolve() != ckpt.resolve():
+        try:
+            best_state = torch.load(best / STATE_FILE, map_location="cpu", weights_only=True)
+            after = best_state.get("index", -1) > here
+        except Exception:  # an unreadable best checkpoint is not kept either
+            after = True
+        later += [best] if after else []
+    for p in later:
+        log.warning("resuming from %s rewinds the run: removing the later checkpoint %s",
+                    ckpt.name, p)
+        shutil.rmtree(p, ignore_errors=True)
 
 
 def _cut_metrics(run: Run, ckpt: Path, size: int | None) -> None:

@@ -134,14 +134,19 @@ def run_mle(run: C.Run, G, opt, cfg: MLEConfig, *, phase: str = "mle", start_ste
         if step % cfg.log_every == 0 or step == cfg.steps:
             C.log_metrics(run, step, phase, {"nll_train": sum(losses) / len(losses)})
             losses = []
+        best = False
         if step % run.cfg.eval.every == 0 or step == cfg.steps:
             metrics = C.evaluate_generator(run, G, step, phase)
             C.log_metrics(run, step, phase, metrics)
             bar.write(f"[{phase} {step}] " + " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+            best = C.update_best(run, step, phase, metrics, ckpt_offset)
         stop = C.stop_requested(run)
         if step % cfg.checkpoint_every == 0 or step == cfg.steps or stop:
             C.save_checkpoint(run, step, phase, {"window": losses}, keep_last=cfg.keep_last,
                               offset=ckpt_offset)
+        if best:
+            C.save_checkpoint(run, step, phase, {"window": losses}, offset=ckpt_offset,
+                              name=C.BEST)
         if stop:
             bar.close()
             raise C.Interrupted(run.out_dir, phase, step)

@@ -371,17 +371,20 @@ def adversarial(run: C.Run, G, D, opt_g, opt_d, baseline, start: int, ckpt_offse
         if step % tc.log_every == 0 or step == tc.adv_steps:
             C.log_metrics(run, step, "adversarial", {**C.mean_records(window), "tau": tau})
             window = []
+        best = False
         if step % cfg.eval.every == 0 or step == tc.adv_steps:
             metrics = C.evaluate_generator(run, g, step, "adversarial")
             # the temperature of the updates just evaluated, to plot metrics against it
             C.log_metrics(run, step, "adversarial", {**metrics, "tau": tau})
             bar.write(f"[adversarial {step}] tau={tau:.4g} "
                       + " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+            best = C.update_best(run, step, "adversarial", metrics, ckpt_offset)
         stop = C.stop_requested(run)
+        extra = {"baseline": baseline.state_dict(), "window": window}
         if step % tc.checkpoint_every == 0 or step == tc.adv_steps or stop:
-            C.save_checkpoint(run, step, "adversarial", {"baseline": baseline.state_dict(),
-                                                         "window": window},
-                              tc.keep_last, offset=ckpt_offset)
+            C.save_checkpoint(run, step, "adversarial", extra, tc.keep_last, offset=ckpt_offset)
+        if best:
+            C.save_checkpoint(run, step, "adversarial", extra, offset=ckpt_offset, name=C.BEST)
         if stop:
             bar.close()
             raise C.Interrupted(run.out_dir, "adversarial", step)

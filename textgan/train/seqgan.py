@@ -536,16 +536,21 @@ def adversarial(run: C.Run, G, G_roll, D, opt_g, opt_d, ema, start: int,
         if step % tc.log_every == 0 or step == tc.adv_steps:
             C.log_metrics(run, step, "adversarial", C.mean_records(window))
             window = []
+        best = False
         if step % cfg.eval.every == 0 or step == tc.adv_steps:
             metrics = C.evaluate_generator(run, g, step, "adversarial")
             C.log_metrics(run, step, "adversarial", metrics)
             bar.write(f"[adversarial {step}] "
                       + " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+            best = C.update_best(run, step, "adversarial", metrics, ckpt_offset)
         stop = C.stop_requested(run)
-        if step % tc.checkpoint_every == 0 or step == tc.adv_steps or stop:
-            extra = {"baseline": ema.state_dict(), "rollout": _tensor_state(G_roll),
-                     "window": window}
+        periodic = step % tc.checkpoint_every == 0 or step == tc.adv_steps or stop
+        extra = {"baseline": ema.state_dict(), "rollout": _tensor_state(G_roll),
+                 "window": window} if periodic or best else None
+        if periodic:
             C.save_checkpoint(run, step, "adversarial", extra, tc.keep_last, offset=ckpt_offset)
+        if best:
+            C.save_checkpoint(run, step, "adversarial", extra, offset=ckpt_offset, name=C.BEST)
         if stop:
             bar.close()
             raise C.Interrupted(run.out_dir, "adversarial", step)

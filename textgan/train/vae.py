@@ -66,6 +66,9 @@ from textgan.train import common as C
 
 log = logging.getLogger("textgan")
 PHASE = "vae"
+#: What :func:`evaluate_vae` records besides the sample metrics (checked by ``eval.best``).
+EVAL_KEYS = ("neg_elbo", "neg_elbo_token", "recon", "kl", "recon_argmax", "recon_acc",
+             "recon_bleu")
 
 
 @dataclass
@@ -452,15 +455,19 @@ def run_vae(run: C.Run, vae, opt, ema: S.EMABaseline, start: int,
             C.log_metrics(run, step, PHASE, {**C.mean_records(window), "tau": tau,
                                              "kl_weight": beta})
             window = []
+        best = False
         if step % cfg.eval.every == 0 or step == tc.steps:
             metrics = evaluate_vae(run, model, step)
             C.log_metrics(run, step, PHASE, metrics)
             bar.write(f"[{PHASE} {step}] tau={tau:.4g} "
                       + " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+            best = C.update_best(run, step, PHASE, metrics)
         stop = C.stop_requested(run)
+        extra = {"step": step, "ema": ema.state_dict(), "window": window}
         if step % tc.checkpoint_every == 0 or step == tc.steps or stop:
-            C.save_checkpoint(run, step, PHASE, {"step": step, "ema": ema.state_dict(),
-                                                 "window": window}, tc.keep_last)
+            C.save_checkpoint(run, step, PHASE, extra, tc.keep_last)
+        if best:
+            C.save_checkpoint(run, step, PHASE, extra, name=C.BEST)
         if stop:
             bar.close()
             raise C.Interrupted(run.out_dir, PHASE, step)
