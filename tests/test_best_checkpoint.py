@@ -2,6 +2,7 @@
 ``<output_dir>/checkpoints/best``, which survives stops and resumes exactly, is never taken by
 ``resume=auto``, and goes away when the run is rewound past it."""
 
+import os
 import shutil
 import signal
 from pathlib import Path
@@ -47,6 +48,9 @@ def test_best_checkpoint_holds_the_best_evaluation(best_run, capsys):
     # strictly lower than every other evaluation, and the weights of that step's checkpoint
     assert all(r["nll_oracle"] > first_min["nll_oracle"] for r in evals if r is not first_min)
     _same_weights(best, best_run / "checkpoints" / "step_6")
+    # written once: the step's checkpoint hard-links the best's files
+    assert (best / "model.safetensors").stat().st_ino == \
+        (best_run / "checkpoints" / "step_6" / "model.safetensors").stat().st_ino
     # `textgan report --best` over all phases picks the same evaluation
     _, rows = report.table_rows(report.read_records(best_run), ["nll_oracle"], "unique")
     key, row = report.best_row(rows, "nll_oracle")
@@ -79,23 +83,94 @@ def test_a_stopped_run_resumes_with_its_best_so_far(best_run, tmp_path, monkeypa
 
 
 @pytest.mark.parametrize("ckpt, removed", [
-    ("step_5", ["step_6", "step_7", "step_8", "step_9", "best"]),  # before the best: all go
-    ("best", ["step_7", "step_8", "step_9"]),  # the best itself (index 6): later steps go
+    ("step_5", ["step_6", "step_7", "step_8", "step_9"]),  # before the best
+    ("best", ["step_7", "step_8", "step_9"]),  # the best itself (index 6)
 ])
-def test_resuming_an_earlier_checkpoint_rewinds_the_run(best_run, tmp_path, caplog, ckpt,
-                                                        removed):
+def test_resuming_an_earlier_checkpoint_rewinds_the_run_and_keeps_the_best(
+        best_run, tmp_path, caplog, ckpt, removed):
     caplog.set_level("INFO", logger="textgan")
     out = tmp_path / "run"
     shutil.copytree(best_run, out)
-    start = out / "checkpoints" / ckpt
-    assert _train("relgan", out, *BEST, f"resume={start}") == 0
+    best_ino = (out / "checkpoints" / "best" / "model.safetensors").stat().st_ino
+    assert _train("relgan", out, *BEST, f"resume={out / 'checkpoints' / ckpt}") == 0
     gone = [r.getMessage().rsplit("/", 1)[-1] for r in caplog.records
             if "rewinds the run: removing the later checkpoint" in r.getMessage()]
     assert gone == removed
-    # written again by the resumed run: the uninterrupted run's records, checkpoints and best
+    # written again by the resumed run: the uninterrupted run's records and checkpoints; the
+    # best was kept (its evaluation, replayed, ties with it: not written again)
     assert _rows(out) == _rows(best_run)
     assert _ckpts(out) == _ckpts(best_run)
+    assert (out / "checkpoints" / "best" / "model.safetensors").stat().st_ino == best_ino
     _same_weights(out / "checkpoints" / "best", best_run / "checkpoints" / "best")
+
+
+def _snapshot(out: Path) -> dict:
+    """Every file but the run's top-level config.yaml (rewritten by any start, refused or not)."""
+    return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*"))
+            if p.is_file() and p != out / "config.yaml"}
+
+
+def test_a_refused_resume_changes_nothing(best_run, tmp_path, capsys):
+    out = tmp_path / "run"
+    shutil.copytree(best_run, out)
+    before = _snapshot(out)
+    # refused after loading the checkpoint, before the first step
+    assert _train("relgan", out, *BEST, f"resume={out / 'checkpoints' / 'step_5'}",
+                  "train.rng_blocks=3") == 2
+    assert "must be divisible by 3 row blocks" in capsys.readouterr().err
+    assert _snapshot(out) == before
+
+
+def test_a_kill_between_the_best_and_the_step_checkpoint(best_run, tmp_path, monkeypatch):
+    """The best is written first; killed before the step's own checkpoint, the run resumes
+    from the previous step and keeps that best (replayed, the evaluation ties with it)."""
+    out = tmp_path / "killed"
+    real = common.save_checkpoint
+
+    def dies(run, step, phase, *args, like=None, **kwargs):
+        if like is not None and (phase, step) == ("adversarial", 3):  # after its best
+            raise SystemExit(137)
+        return real(run, step, phase, *args, like=like, **kwargs)
+
+    with monkeypatch.context() as mp:
+        mp.setattr(common, "save_checkpoint", dies)
+        with pytest.raises(SystemExit):
+            _train("relgan", out, *BEST)
+    assert _ckpts(out)[-1] == "step_5"
+    assert _state(out / "checkpoints" / "best")["best"]["index"] == 6
+    best_ino = (out / "checkpoints" / "best" / "model.safetensors").stat().st_ino
+    assert _train("relgan", out, *BEST, "resume=auto") == 0
+    assert _rows(out) == _rows(best_run)
+    assert (out / "checkpoints" / "best" / "model.safetensors").stat().st_ino == best_ino
+    assert _state(out / "checkpoints" / "best")["best"] == \
+        _state(best_run / "checkpoints" / "best")["best"]
+    _same_weights(out / "checkpoints" / "best", best_run / "checkpoints" / "best")
+
+
+def test_a_run_resumed_from_another_directory_keeps_its_own_best(best_run, tmp_path):
+    out = tmp_path / "branch"
+    start = best_run / "checkpoints" / "step_7"  # after best_run's best (index 6)
+    assert _train("relgan", out, *BEST, f"resume={start}") == 0
+    _, rows = report.table_rows(report.read_records(out), ["nll_oracle"], "unique")
+    _, row = report.best_row(rows, "nll_oracle")
+    state = _state(out / "checkpoints" / "best")
+    assert (state["phase"], state["step"]) == (row["phase"], row["step"]) == ("adversarial", 5)
+    assert (best_run / "checkpoints" / "best").is_dir()  # the other run is left alone
+
+
+def test_an_interrupted_replacement_of_the_best_is_put_back(best_run, tmp_path, caplog):
+    out = tmp_path / "run"
+    shutil.copytree(best_run, out)
+    root = out / "checkpoints"
+    os.replace(root / "best", root / ".old_best")  # killed between the two renames
+    run = common.Run(cfg=None, accelerator=SimpleNamespace(is_main_process=True,
+                                                           wait_for_everyone=lambda: None),
+                     corpus=None, out_dir=out)
+    assert common.best_so_far(run) == _state(best_run / "checkpoints" / "best")["best"]
+    assert not (root / ".old_best").exists()
+    _same_weights(root / "best", best_run / "checkpoints" / "best")
+    shutil.rmtree(root / "best")
+    assert common.best_so_far(run) is None
 
 
 @pytest.mark.parametrize("algorithm, best, extra", [
@@ -155,3 +230,23 @@ def test_update_best_direction_ties_nan_and_a_changed_key(tmp_path):
     assert common.update_best(run, 10, "mle", {"nll_test": 1.999999}) is True
     assert _fake_run(tmp_path, None).best is None
     assert common.update_best(_fake_run(tmp_path, None), 1, "mle", {"nll_test": 1.0}) is False
+
+
+@pytest.mark.parametrize("spec, expected", [
+    ("nll_oracle", ("nll_oracle", "min")), ("bleu4", ("bleu4", "max")),
+    ("self_bleu4", ("self_bleu4", "min")), ("recon_argmax", ("recon_argmax", "min")),
+    ("recon_acc", ("recon_acc", "max")), ("unique", ("unique", "max")),
+    ("unique:min", ("unique", "min")), ("nll_test:max", ("nll_test", "max")),
+])
+def test_best_direction(spec, expected):
+    from textgan.metrics import best_direction
+
+    assert best_direction(spec) == expected
+
+
+@pytest.mark.parametrize("spec", ["nll_test:", ":min", "bleu4:highest", ""])
+def test_best_direction_rejects(spec):
+    from textgan.metrics import best_direction
+
+    with pytest.raises(ValueError, match=r"`eval.best` must be KEY, KEY:min or KEY:max"):
+        best_direction(spec, "eval.best")

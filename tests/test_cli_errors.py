@@ -159,13 +159,18 @@ CONFIG_ERRORS = [
     # eval.best: a metric that the recipe's evaluations record (checked before any training)
     ("relgan/oracle.yaml", ["eval.best=bleu4"],
      "`eval.best` names 'bleu4', which this recipe's evaluations do not record; choose one of "
-     "['nll_test', 'nll_oracle', 'unique'] (Self-BLEU-n needs n in `eval.self_bleu`, BLEU-n in "
-     "`eval.bleu`)"),
+     "['nll_test', 'nll_oracle', 'unique'] (Self-BLEU-n needs n in `eval.self_bleu`, BLEU-n "
+     "needs text data)"),
     ("vae/oracle.yaml", ["eval.best=recon_blue"],
      "`eval.best` names 'recon_blue', which this recipe's evaluations do not record (did you "
      "mean 'recon_bleu'?); choose one of ['neg_elbo', 'neg_elbo_token', 'recon', 'kl', "
      "'recon_argmax', 'recon_acc', 'recon_bleu', 'nll_oracle', 'unique'] (Self-BLEU-n needs n "
-     "in `eval.self_bleu`, BLEU-n in `eval.bleu`)"),
+     "in `eval.self_bleu`, BLEU-n needs text data)"),
+    ("seqgan/coco.yaml", ["data.path=DATA", "eval.best=self_bleu3", "eval.self_bleu=[2]"],
+     "`eval.best` names 'self_bleu3', which this recipe's evaluations do not record (did you "
+     "mean 'self_bleu2'?); choose one of ['nll_test', 'bleu2', 'bleu3', 'bleu4', 'bleu5', "
+     "'unique', 'self_bleu2'] (Self-BLEU-n needs n in `eval.self_bleu`, BLEU-n n in "
+     "`eval.bleu`)"),
     ("mle/oracle.yaml", ["eval.best=nll_oracle:lowest"],
      "`eval.best` must be KEY, KEY:min or KEY:max (e.g. nll_oracle or bleu4:max), got "
      "'nll_oracle:lowest'"),
@@ -180,8 +185,10 @@ CONFIG_ERRORS = [
 @pytest.mark.parametrize("recipe, overrides, message", CONFIG_ERRORS,
                          ids=[" ".join(c[1]) for c in CONFIG_ERRORS])
 def test_bad_recipe_value_is_one_clear_line_and_writes_nothing(tmp_path, capsys, refuse_training,
-                                                                recipe, overrides, message):
+                                                                tiny_corpus_dir, recipe,
+                                                                overrides, message):
     out = tmp_path / "run"
+    overrides = [o.replace("=DATA", f"={tiny_corpus_dir}") for o in overrides]  # a text corpus
     assert _error(capsys, recipe, out, *overrides) == message
     assert not out.exists()
 

@@ -112,9 +112,9 @@ class EvalConfig:
     batch_size: int = 500  # batch size for NLL and sampling during evaluation
     print_samples: int = 3  # decoded samples shown in the log
     tensorboard: bool = False  # also write TensorBoard event files under <output_dir>
-    # keep the generator of the best evaluation so far by this metric in
-    # <output_dir>/checkpoints/best: KEY (bleu*, unique, recon_* maximised, others minimised),
-    # KEY:min or KEY:max, e.g. nll_oracle or bleu4; None = no best checkpoint
+    # keep the checkpoint of the best evaluation so far by this metric in
+    # <output_dir>/checkpoints/best: KEY (bleu*, unique, recon_bleu, recon_acc maximised, the
+    # others minimised), KEY:min or KEY:max, e.g. nll_oracle or bleu4; None = no best checkpoint
     best: str | None = None
 
     def __post_init__(self):

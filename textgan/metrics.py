@@ -71,8 +71,8 @@ def best_direction(spec: str, option: str = "--best") -> tuple[str, str]:
     Raises:
         ValueError: a malformed specification.
     """
-    key, _, how = str(spec).partition(":")
-    if how not in ("", "min", "max") or not key:
+    key, colon, how = str(spec).partition(":")
+    if how not in ("", "min", "max") or not key or (colon and not how):
         raise ValueError(f"`{option}` must be KEY, KEY:min or KEY:max (e.g. nll_oracle or "
                          f"bleu4:max), got '{spec}'")
     return key, how or ("max" if key.startswith(HIGHER_IS_BETTER) else "min")

@@ -1,9 +1,10 @@
 """Load a finished (or running) run for sampling and evaluation: ``textgan sample`` / ``eval``.
 
 A *run* is an ``output_dir`` with ``checkpoints/step_<N>/`` (and ``checkpoints/best/`` with
-``eval.best``); a *checkpoint* is one of those directories. Each checkpoint carries the resolved ``config.yaml``, ``meta.json`` (vocabulary
-size, special tokens) and ``vocab.json`` for text, so it is self-contained apart from the test
-set, which is re-read from ``data.path`` (or regenerated for the oracle) only when needed.
+``eval.best``); a *checkpoint* is one of those directories. Each checkpoint carries the resolved
+``config.yaml``, ``meta.json`` (vocabulary size, special tokens) and ``vocab.json`` for text, so
+it is self-contained apart from the test set, which is re-read from ``data.path`` (or
+regenerated for the oracle) only when needed.
 """
 
 from __future__ import annotations

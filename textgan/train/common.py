@@ -72,6 +72,7 @@ class Run:
     interrupted: bool = False
     last_metrics: dict = field(default_factory=dict)
     best: dict | None = None  # eval.best: key, value, phase, step, index of the best so far
+    rewind: tuple | None = None  # (checkpoint, metrics bytes, index): applied at the first write
 
     @property
     def is_main(self) -> bool:
@@ -177,7 +178,8 @@ def check_best_key(cfg: RecipeConfig, corpus: Corpus) -> None:
         raise ValueError(
             f"`eval.best` names '{key}', which this recipe's evaluations do not record"
             f"{did_you_mean(key, keys)}; choose one of {keys} (Self-BLEU-n needs n in "
-            f"`eval.self_bleu`, BLEU-n in `eval.bleu`)")
+            f"`eval.self_bleu`, BLEU-n " + ("needs text data)" if corpus.oracle is not None
+                                            else "n in `eval.bleu`)"))
 
 
 _WORLD_ENV = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
@@ -728,46 +730,88 @@ def check_compatible(ckpt: Path, cfg: RecipeConfig, corpus: Corpus) -> None:
 
 
 def save_checkpoint(run: Run, step: int, phase: str, extra: dict | None = None,
-                    keep_last: int = 2, offset: int = 0, name: str | None = None) -> Path | None:
+                    keep_last: int = 2, offset: int = 0, name: str | None = None,
+                    like: Path | None = None) -> Path | None:
     """``accelerator.save_state`` into a temporary directory, then an atomic rename to
     ``checkpoints/step_<offset + step>``; keeps the newest ``keep_last`` checkpoints.
 
     ``step`` is the step within ``phase``; ``offset`` (the steps of earlier phases) only names
     the directory, so that the checkpoints of several phases sort in order. ``name`` (e.g.
     ``best``, :func:`update_best`) writes ``checkpoints/<name>`` instead, replacing it, and prunes
-    nothing; ``resume=auto`` never picks it, ``resume=<that path>`` does."""
+    nothing; ``resume=auto`` never picks it, ``resume=<that path>`` does. ``like``: a checkpoint
+    of this very state (same step and ``extra``) whose files are hard-linked instead of saved
+    again."""
     acc = run.accelerator
     root = run.out_dir / "checkpoints"
     final = root / (name or f"{CKPT_PREFIX}{offset + step}")
     tmp = root / f".tmp_{final.name}"
     if acc.is_main_process:
+        _settle_rewind(run)
         root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
-    acc.wait_for_everyone()
-    acc.save_state(str(tmp), safe_serialization=True)
-    acc.wait_for_everyone()
+    if like is not None:
+        if acc.is_main_process:
+            try:
+                shutil.copytree(like, tmp, copy_function=os.link)
+            except OSError:  # no hard links on this file system
+                shutil.rmtree(tmp, ignore_errors=True)
+                shutil.copytree(like, tmp)
+    else:
+        acc.wait_for_everyone()
+        acc.save_state(str(tmp), safe_serialization=True)
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            _write_state(run, tmp, step, phase, offset, extra)
     if acc.is_main_process:
-        files = sorted(p.name for p in tmp.iterdir() if p.name.endswith(".safetensors"))
-        save_config(run.cfg, tmp / "config.yaml")
-        write_meta(tmp, run.cfg, run.corpus)
-        # every file but the state itself, with its size: checked by is_complete
-        sizes = {p.relative_to(tmp).as_posix(): p.stat().st_size
-                 for p in sorted(tmp.rglob("*")) if p.is_file()}
-        meta = {"vocab_size": run.corpus.vocab_size,
-                "generator": {k: v for k, v in run.cfg.generator.items() if k != "init_from"}}
-        log_file = run.out_dir / "metrics.jsonl"
-        state = {"step": step, "phase": phase, "index": offset + step, "best": run.best,
-                 "extra": extra or {}, "files": files,
-                 "sizes": sizes, "meta": meta, "metrics": run.last_metrics,
-                 "metrics_bytes": log_file.stat().st_size if log_file.exists() else 0}
-        torch.save(state, tmp / STATE_FILE)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        _replace_dir(tmp, final)
         for old in checkpoint_dirs(run.out_dir)[:-keep_last] if keep_last > 0 and not name else []:
             shutil.rmtree(old, ignore_errors=True)
     acc.wait_for_everyone()
     return final
+
+
+def _write_state(run: Run, tmp: Path, step: int, phase: str, offset: int,
+                 extra: dict | None) -> None:
+    """Config, meta and the trainer state next to the files of ``save_state`` (main process)."""
+    files = sorted(p.name for p in tmp.iterdir() if p.name.endswith(".safetensors"))
+    save_config(run.cfg, tmp / "config.yaml")
+    write_meta(tmp, run.cfg, run.corpus)
+    # every file but the state itself, with its size: checked by is_complete
+    sizes = {p.relative_to(tmp).as_posix(): p.stat().st_size
+             for p in sorted(tmp.rglob("*")) if p.is_file()}
+    meta = {"vocab_size": run.corpus.vocab_size,
+            "generator": {k: v for k, v in run.cfg.generator.items() if k != "init_from"}}
+    log_file = run.out_dir / "metrics.jsonl"
+    state = {"step": step, "phase": phase, "index": offset + step, "best": run.best,
+             "extra": extra or {}, "files": files,
+             "sizes": sizes, "meta": meta, "metrics": run.last_metrics,
+             "metrics_bytes": log_file.stat().st_size if log_file.exists() else 0}
+    torch.save(state, tmp / STATE_FILE)
+
+
+def _replace_dir(tmp: Path, final: Path) -> None:
+    """Rename ``tmp`` to ``final``; an existing ``final`` is first renamed to ``.old_<name>``
+    and removed only after, so that a kill in between leaves one of the two (see
+    :func:`best_so_far`)."""
+    if not final.exists():
+        os.replace(tmp, final)
+        return
+    old = final.with_name(f".old_{final.name}")
+    shutil.rmtree(old, ignore_errors=True)
+    os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def save_checkpoints(run: Run, step: int, phase: str, extra: dict | None, *, periodic: bool,
+                     best: bool, keep_last: int = 2, offset: int = 0) -> None:
+    """A training loop's checkpoints after a step: ``checkpoints/best`` when the step's
+    evaluation is the best so far (:func:`update_best`), then ``step_<offset + step>`` when
+    ``periodic``, hard-linked to the best's files when both. The best goes first: a run killed
+    between the two saves resumes from an earlier step and finds the best already written."""
+    like = save_checkpoint(run, step, phase, extra, offset=offset, name=BEST) if best else None
+    if periodic:
+        save_checkpoint(run, step, phase, extra, keep_last, offset, like=like)
 
 
 BEST = "best"
@@ -852,12 +896,28 @@ def load_checkpoint(run: Run, ckpt: Path) -> dict:
                              ", ".join(f"{k} {old} -> {new}" for k, (old, new) in changed.items()))
                 group.update(recipe)
     run.last_metrics = dict(state.get("metrics") or {})
-    run.best = state.get("best")
-    if run.is_main:
-        _cut_metrics(run, Path(ckpt), state.get("metrics_bytes"))
-        _drop_later_checkpoints(run, Path(ckpt), state)
+    run.best = best_so_far(run)
+    if Path(ckpt).resolve().parent == (run.out_dir / "checkpoints").resolve():
+        run.rewind = (Path(ckpt), state.get("metrics_bytes"), _index(Path(ckpt), state))
     log.info("resumed from %s (phase %s, step %d)", ckpt, state["phase"], state["step"])
     return state
+
+
+def best_so_far(run: Run) -> dict | None:
+    """The record of ``<output_dir>/checkpoints/best`` (key, value, phase, step, index), the
+    best of every evaluation this output directory has made; ``None`` without one (a run
+    resumed from another directory's checkpoint starts its own). A best whose replacement was
+    cut short (:func:`_replace_dir`) is put back first."""
+    root = run.out_dir / "checkpoints"
+    best, old = root / BEST, root / f".old_{BEST}"
+    if run.is_main and not is_complete(best) and is_complete(old):
+        shutil.rmtree(best, ignore_errors=True)
+        os.replace(old, best)
+        log.warning("%s: put back the best checkpoint whose replacement was interrupted", best)
+    run.accelerator.wait_for_everyone()
+    if not is_complete(best):
+        return None
+    return torch.load(best / STATE_FILE, map_location="cpu", weights_only=True).get("best")
 
 
 def _index(ckpt: Path, state: dict) -> int | None:
@@ -868,31 +928,24 @@ def _index(ckpt: Path, state: dict) -> int | None:
     return int(tail) if ckpt.name.startswith(CKPT_PREFIX) and tail.isdigit() else None
 
 
-def _drop_later_checkpoints(run: Run, ckpt: Path, state: dict) -> None:
-    """Resuming this run from an earlier checkpoint of its own (``resume=<path>``) rewinds it:
-    like the records of ``metrics.jsonl``, the checkpoints written after that point are
-    removed (left, they would be taken by ``resume=auto`` and would make ``keep_last`` prune
-    the new ones), and so is ``checkpoints/best`` if it lies after that point (the best so far
-    is then the resumed checkpoint's)."""
-    root = run.out_dir / "checkpoints"
-    if ckpt.resolve().parent != root.resolve():
+def _settle_rewind(run: Run) -> None:
+    """At the first write of a run resumed from one of its own checkpoints (main process):
+    ``metrics.jsonl`` is cut back to that checkpoint (:func:`_cut_metrics`) and the step
+    checkpoints written after it are removed, so that a rewound run (``resume=<an earlier
+    checkpoint>``) is the run from that point on, and that left, they would neither be taken
+    by ``resume=auto`` nor make ``keep_last`` prune the new ones. ``checkpoints/best`` stays:
+    it is the best of every evaluation the directory made. A resume refused or failing before
+    its first write changes nothing."""
+    if run.rewind is None:
         return
-    here = _index(ckpt, state)
-    if here is None:
-        return
-    later = [p for p in checkpoint_dirs(run.out_dir) if int(p.name[len(CKPT_PREFIX):]) > here]
-    best = root / BEST
-    if best.is_dir() and best.resolve() != ckpt.resolve():
-        try:
-            best_state = torch.load(best / STATE_FILE, map_location="cpu", weights_only=True)
-            after = best_state.get("index", -1) > here
-        except Exception:  # an unreadable best checkpoint is not kept either
-            after = True
-        later += [best] if after else []
-    for p in later:
-        log.warning("resuming from %s rewinds the run: removing the later checkpoint %s",
-                    ckpt.name, p)
-        shutil.rmtree(p, ignore_errors=True)
+    ckpt, size, here = run.rewind
+    run.rewind = None
+    _cut_metrics(run, ckpt, size)
+    for p in checkpoint_dirs(run.out_dir) if here is not None else []:
+        if int(p.name[len(CKPT_PREFIX):]) > here:
+            log.warning("resuming from %s rewinds the run: removing the later checkpoint %s",
+                        ckpt.name, p)
+            shutil.rmtree(p, ignore_errors=True)
 
 
 def _cut_metrics(run: Run, ckpt: Path, size: int | None) -> None:
@@ -921,6 +974,7 @@ def log_metrics(run: Run, step: int, phase: str, metrics: dict) -> None:
     run.last_metrics = {k: v for k, v in record.items() if isinstance(v, (int, float))}
     if not run.is_main:
         return
+    _settle_rewind(run)
     with open(run.out_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
         f.write(json.dumps(record) + "\n")
     if run.tb_writer is not None:

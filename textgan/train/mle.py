@@ -141,12 +141,9 @@ def run_mle(run: C.Run, G, opt, cfg: MLEConfig, *, phase: str = "mle", start_ste
             bar.write(f"[{phase} {step}] " + " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
             best = C.update_best(run, step, phase, metrics, ckpt_offset)
         stop = C.stop_requested(run)
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps or stop:
-            C.save_checkpoint(run, step, phase, {"window": losses}, keep_last=cfg.keep_last,
-                              offset=ckpt_offset)
-        if best:
-            C.save_checkpoint(run, step, phase, {"window": losses}, offset=ckpt_offset,
-                              name=C.BEST)
+        C.save_checkpoints(run, step, phase, {"window": losses},
+                           periodic=step % cfg.checkpoint_every == 0 or step == cfg.steps or stop,
+                           best=best, keep_last=cfg.keep_last, offset=ckpt_offset)
         if stop:
             bar.close()
             raise C.Interrupted(run.out_dir, phase, step)

@@ -380,11 +380,10 @@ def adversarial(run: C.Run, G, D, opt_g, opt_d, baseline, start: int, ckpt_offse
                       + " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
             best = C.update_best(run, step, "adversarial", metrics, ckpt_offset)
         stop = C.stop_requested(run)
-        extra = {"baseline": baseline.state_dict(), "window": window}
-        if step % tc.checkpoint_every == 0 or step == tc.adv_steps or stop:
-            C.save_checkpoint(run, step, "adversarial", extra, tc.keep_last, offset=ckpt_offset)
-        if best:
-            C.save_checkpoint(run, step, "adversarial", extra, offset=ckpt_offset, name=C.BEST)
+        C.save_checkpoints(run, step, "adversarial",
+                           {"baseline": baseline.state_dict(), "window": window},
+                           periodic=step % tc.checkpoint_every == 0 or step == tc.adv_steps
+                           or stop, best=best, keep_last=tc.keep_last, offset=ckpt_offset)
         if stop:
             bar.close()
             raise C.Interrupted(run.out_dir, "adversarial", step)

@@ -545,12 +545,12 @@ def adversarial(run: C.Run, G, G_roll, D, opt_g, opt_d, ema, start: int,
             best = C.update_best(run, step, "adversarial", metrics, ckpt_offset)
         stop = C.stop_requested(run)
         periodic = step % tc.checkpoint_every == 0 or step == tc.adv_steps or stop
-        extra = {"baseline": ema.state_dict(), "rollout": _tensor_state(G_roll),
-                 "window": window} if periodic or best else None
-        if periodic:
-            C.save_checkpoint(run, step, "adversarial", extra, tc.keep_last, offset=ckpt_offset)
-        if best:
-            C.save_checkpoint(run, step, "adversarial", extra, offset=ckpt_offset, name=C.BEST)
+        if periodic or best:
+            C.save_checkpoints(run, step, "adversarial",
+                               {"baseline": ema.state_dict(), "rollout": _tensor_state(G_roll),
+                                "window": window},
+                               periodic=periodic, best=best, keep_last=tc.keep_last,
+                               offset=ckpt_offset)
         if stop:
             bar.close()
             raise C.Interrupted(run.out_dir, "adversarial", step)

@@ -463,11 +463,10 @@ def run_vae(run: C.Run, vae, opt, ema: S.EMABaseline, start: int,
                       + " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
             best = C.update_best(run, step, PHASE, metrics)
         stop = C.stop_requested(run)
-        extra = {"step": step, "ema": ema.state_dict(), "window": window}
-        if step % tc.checkpoint_every == 0 or step == tc.steps or stop:
-            C.save_checkpoint(run, step, PHASE, extra, tc.keep_last)
-        if best:
-            C.save_checkpoint(run, step, PHASE, extra, name=C.BEST)
+        C.save_checkpoints(run, step, PHASE,
+                           {"step": step, "ema": ema.state_dict(), "window": window},
+                           periodic=step % tc.checkpoint_every == 0 or step == tc.steps or stop,
+                           best=best, keep_last=tc.keep_last)
         if stop:
             bar.close()
             raise C.Interrupted(run.out_dir, PHASE, step)
