@@ -344,6 +344,8 @@ def test_diversity_metrics_of_a_collapsed_sample():
     mixed = same + [["two", "dogs", "play"]]
     out = diversity_metrics(mixed, [])
     assert out == {"unique": 0.5}
+    train = {("two", "dogs", "play"), ("a", "man", "rides")}  # 1 of the 4 is a copy
+    assert diversity_metrics(mixed, [], train) == {"unique": 0.5, "novelty": 0.75}
 
 
 @pytest.mark.parametrize("value, message", [

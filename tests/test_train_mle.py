@@ -134,6 +134,29 @@ def test_text_corpus_mle_reports_bleu(tmp_path, tiny_corpus_dir):
     assert len(lines) == 20 and "<pad>" not in " ".join(lines)
 
 
+def test_novelty_is_the_share_of_samples_not_copied_from_the_training_set(tmp_path):
+    """A corpus of four training sentences, learnt by heart: most samples copy one of them,
+    and ``novelty`` is the share of the written samples that are not a training sentence."""
+    data = tmp_path / "four"
+    data.mkdir()
+    four = ["a man rides a horse .", "two dogs play in the snow .", "a red bus on a street .",
+            "a cat sleeps on a bed ."]
+    (data / "train.txt").write_text("\n".join(four * 16) + "\n", encoding="utf-8")
+    (data / "test.txt").write_text("a man rides a bus .\ntwo cats play .\n", encoding="utf-8")
+    out = tmp_path / "run"
+    assert main(["train", str(REPO / "recipes" / "mle" / "coco.yaml"), f"output_dir={out}",
+                 f"data.path={data}", "data.max_len=8", "generator.embed_dim=16",
+                 "generator.hidden_dim=16", "train.steps=60", "train.batch_size=16",
+                 "train.lr=0.05", "eval.every=60", "eval.num_samples=100",
+                 "eval.self_bleu=[]", "eval.bleu=[2]"]) == 0
+    (step, novelty), = _records(out, key="novelty")
+    samples = (out / "samples" / "mle_step60.txt").read_text(encoding="utf-8").splitlines()
+    assert len(samples) == 100
+    copies = sum(line in four for line in samples)
+    assert (step, novelty) == (60, pytest.approx(1 - copies / 100, abs=1e-6))
+    assert copies >= 50  # learnt by heart: most samples are training sentences
+
+
 def test_interrupt_saves_a_checkpoint(tmp_path, monkeypatch):
     from textgan.train import common
 

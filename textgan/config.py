@@ -113,8 +113,8 @@ class EvalConfig:
     print_samples: int = 3  # decoded samples shown in the log
     tensorboard: bool = False  # also write TensorBoard event files under <output_dir>
     # keep the checkpoint of the best evaluation so far by this metric in
-    # <output_dir>/checkpoints/best: KEY (bleu*, unique, recon_bleu, recon_acc maximised, the
-    # others minimised), KEY:min or KEY:max, e.g. nll_oracle or bleu4; None = no best checkpoint
+    # <output_dir>/checkpoints/best: KEY (bleu*, unique, novelty, recon_bleu, recon_acc maximised,
+    # the others minimised), KEY:min or KEY:max, e.g. nll_oracle or bleu4; None = no best checkpoint
     best: str | None = None
 
     def __post_init__(self):

@@ -60,7 +60,7 @@ Tokens = Sequence[Hashable]
 
 #: Metric keys (prefixes) that grow with quality; every other metric (NLLs, Self-BLEU, losses)
 #: is better lower.
-HIGHER_IS_BETTER = ("bleu", "sacrebleu", "recon_bleu", "recon_acc", "unique")
+HIGHER_IS_BETTER = ("bleu", "sacrebleu", "recon_bleu", "recon_acc", "unique", "novelty")
 
 
 def best_direction(spec: str, option: str = "--best") -> tuple[str, str]:

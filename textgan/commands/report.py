@@ -14,10 +14,11 @@ the earlier one with the same keys.
 
 ``--best KEY`` adds a line with the best row of each run, with that row's other columns: the
 lowest value, except for keys that grow with quality (``bleu*``, ``sacrebleu*``,
-``recon_bleu``, ``recon_acc``, ``unique``), where it is the highest; ``KEY:min`` / ``KEY:max``
-choose explicitly. ``--plot``: a panel per column against the step within its phase, a line per
-run and phase. ``--csv`` writes CSV on stdout and the other lines on stderr. A last line of the
-file that is not yet a whole record (a run writing it at this moment) is left out.
+``recon_bleu``, ``recon_acc``, ``unique``, ``novelty``), where it is the highest; ``KEY:min`` /
+``KEY:max`` choose explicitly. ``--plot``: a panel per column against the step within its
+phase, a line per run and phase. ``--csv`` writes CSV on stdout and the other lines on stderr.
+A last line of the file that is not yet a whole record (a run writing it at this moment) is left
+out.
 """
 
 from __future__ import annotations

@@ -73,6 +73,7 @@ class Run:
     last_metrics: dict = field(default_factory=dict)
     best: dict | None = None  # eval.best: key, value, phase, step, index of the best so far
     rewind: tuple | None = None  # (checkpoint, metrics bytes, index): applied at the first write
+    train_set: set | None = None  # the training sentences as token tuples (text), for novelty
 
     @property
     def is_main(self) -> bool:
@@ -160,9 +161,10 @@ def eval_keys(cfg: RecipeConfig, corpus: Corpus) -> list[str]:
 
     module = importlib.import_module(TRAIN_CONFIGS[cfg.algorithm].split(":")[0])
     own = list(getattr(module, "EVAL_KEYS", GENERATOR_EVAL_KEYS))
-    sample = (["nll_oracle"] if corpus.oracle is not None
-              else [f"bleu{n}" for n in dict.fromkeys(cfg.eval.bleu)])
-    return own + sample + ["unique"] + [f"self_bleu{n}" for n in dict.fromkeys(cfg.eval.self_bleu)]
+    text = corpus.oracle is None
+    sample = [f"bleu{n}" for n in dict.fromkeys(cfg.eval.bleu)] if text else ["nll_oracle"]
+    return (own + sample + ["unique"] + (["novelty"] if text else [])
+            + [f"self_bleu{n}" for n in dict.fromkeys(cfg.eval.self_bleu)])
 
 
 def check_best_key(cfg: RecipeConfig, corpus: Corpus) -> None:
@@ -1052,7 +1054,7 @@ def evaluate_generator(run: Run, G, step: int, phase: str, tau: float = 1.0) -> 
                               cfg.num_samples))
     samples = gather_chunks(run, chunks)
     if samples is not None:  # every process has all the samples: the same figures everywhere
-        out.update(diversity_metrics(corpus.decode(samples), cfg.self_bleu))
+        out.update(diversity_metrics(corpus.decode(samples), cfg.self_bleu, train_set(run)))
     if run.is_main:
         sample_dir = run.out_dir / "samples"
         sample_dir.mkdir(exist_ok=True)
@@ -1065,17 +1067,33 @@ def evaluate_generator(run: Run, G, step: int, phase: str, tau: float = 1.0) -> 
     return out
 
 
-def diversity_metrics(sentences: list[list[str]], self_bleu: list[int]) -> dict:
+def diversity_metrics(sentences: list[list[str]], self_bleu: list[int],
+                      train: set | None = None) -> dict:
     """``unique``: the share of distinct sentences (1.0: no repeats; a generator collapsed onto
-    ``k`` sentences gives ``k / len(sentences)``); ``self_bleu{n}`` for the orders asked for,
-    each sentence against all the others (:func:`textgan.metrics.self_bleu_scores`)."""
+    ``k`` sentences gives ``k / len(sentences)``); ``novelty`` with ``train`` (the training
+    sentences as tuples, :func:`train_set`): the share of sentences that are not a training
+    sentence verbatim (a generator that memorises its corpus copies it); ``self_bleu{n}`` for
+    the orders asked for, each sentence against all the others
+    (:func:`textgan.metrics.self_bleu_scores`)."""
     from textgan import metrics
 
     out = {"unique": len(set(map(tuple, sentences))) / len(sentences)}
+    if train is not None:
+        out["novelty"] = sum(tuple(s) not in train for s in sentences) / len(sentences)
     if self_bleu:
         scores = metrics.self_bleu_scores(sentences, self_bleu)  # one entry per distinct order
         out.update({f"self_bleu{n}": v for n, v in scores.items()})
     return out
+
+
+def train_set(run: Run) -> set | None:
+    """The training sentences of a text corpus as token tuples (decoded as samples are), built
+    once per run; ``None`` for the oracle, whose samples are scored by the oracle instead."""
+    if run.corpus.oracle is not None:
+        return None
+    if run.train_set is None:
+        run.train_set = set(map(tuple, run.corpus.decode(run.corpus.train)))
+    return run.train_set
 
 
 @torch.no_grad()

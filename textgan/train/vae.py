@@ -347,7 +347,7 @@ def evaluate_vae(run: C.Run, vae: V.CategoricalTextVAE, step: int) -> dict:
                                 ec.num_samples))
     samples = C.gather_chunks(run, chunks)
     if samples is not None:
-        out.update(C.diversity_metrics(corpus.decode(samples), ec.self_bleu))
+        out.update(C.diversity_metrics(corpus.decode(samples), ec.self_bleu, C.train_set(run)))
 
     if run.is_main:
         # interpolations between test sentences (A = 2i, B = 2i + 1): deterministic, cheap
