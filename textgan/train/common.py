@@ -933,11 +933,11 @@ def _index(ckpt: Path, state: dict) -> int | None:
 def _settle_rewind(run: Run) -> None:
     """At the first write of a run resumed from one of its own checkpoints (main process):
     ``metrics.jsonl`` is cut back to that checkpoint (:func:`_cut_metrics`) and the step
-    checkpoints written after it are removed, so that a rewound run (``resume=<an earlier
-    checkpoint>``) is the run from that point on, and that left, they would neither be taken
-    by ``resume=auto`` nor make ``keep_last`` prune the new ones. ``checkpoints/best`` stays:
-    it is the best of every evaluation the directory made. A resume refused or failing before
-    its first write changes nothing."""
+    checkpoints written after it are removed: a rewound run (``resume=<an earlier
+    checkpoint>``) is the run from that point on, and later checkpoints left behind would be
+    taken by ``resume=auto`` and make ``keep_last`` prune the new ones. ``checkpoints/best``
+    stays: it is the best of every evaluation the directory made. A resume refused or failing
+    before its first write changes nothing."""
     if run.rewind is None:
         return
     ckpt, size, here = run.rewind
