@@ -169,8 +169,8 @@ CONFIG_ERRORS = [
     ("seqgan/coco.yaml", ["data.path=DATA", "eval.best=self_bleu3", "eval.self_bleu=[2]"],
      "`eval.best` names 'self_bleu3', which this recipe's evaluations do not record (did you "
      "mean 'self_bleu2'?); choose one of ['nll_test', 'bleu2', 'bleu3', 'bleu4', 'bleu5', "
-     "'unique', 'self_bleu2'] (Self-BLEU-n needs n in `eval.self_bleu`, BLEU-n n in "
-     "`eval.bleu`)"),
+     "'unique', 'novelty', 'self_bleu2'] (Self-BLEU-n needs n in `eval.self_bleu`, BLEU-n "
+     "needs n in `eval.bleu`)"),
     ("mle/oracle.yaml", ["eval.best=nll_oracle:lowest"],
      "`eval.best` must be KEY, KEY:min or KEY:max (e.g. nll_oracle or bleu4:max), got "
      "'nll_oracle:lowest'"),

@@ -180,8 +180,8 @@ def check_best_key(cfg: RecipeConfig, corpus: Corpus) -> None:
         raise ValueError(
             f"`eval.best` names '{key}', which this recipe's evaluations do not record"
             f"{did_you_mean(key, keys)}; choose one of {keys} (Self-BLEU-n needs n in "
-            f"`eval.self_bleu`, BLEU-n " + ("needs text data)" if corpus.oracle is not None
-                                            else "n in `eval.bleu`)"))
+            f"`eval.self_bleu`, BLEU-n needs " + ("text data)" if corpus.oracle is not None
+                                                  else "n in `eval.bleu`)"))
 
 
 _WORLD_ENV = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
