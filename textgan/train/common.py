@@ -731,6 +731,9 @@ def check_compatible(ckpt: Path, cfg: RecipeConfig, corpus: Corpus) -> None:
             )
 
 
+BEST = "best"  # checkpoints/best: eval.best's checkpoint
+
+
 def save_checkpoint(run: Run, step: int, phase: str, extra: dict | None = None,
                     keep_last: int = 2, offset: int = 0, name: str | None = None,
                     like: Path | None = None) -> Path | None:
@@ -816,18 +819,16 @@ def save_checkpoints(run: Run, step: int, phase: str, extra: dict | None, *, per
         save_checkpoint(run, step, phase, extra, keep_last, offset, like=like)
 
 
-BEST = "best"
-
 
 def update_best(run: Run, step: int, phase: str, metrics: dict, offset: int = 0) -> bool:
     """After an evaluation: ``True`` on every process when ``metrics`` is the best so far by
     ``eval.best`` (strictly better than every earlier evaluation of the run, all phases, compared
     as ``metrics.jsonl`` records them, so ``textgan report --best`` picks the same step); the
-    trainer then saves ``checkpoints/best`` (:func:`save_checkpoint` with ``name=BEST``).
+    trainer then saves ``checkpoints/best`` (:func:`save_checkpoints`).
 
-    The best so far travels in every checkpoint, so a resumed run compares with the same
-    value. A non-finite value is never the best. With several processes the main process's
-    comparison decides."""
+    A resumed run compares with the record of ``checkpoints/best`` (:func:`best_so_far`); every
+    checkpoint's state also notes the best so far when it was saved. A non-finite value is
+    never the best. With several processes the main process's comparison decides."""
     spec = run.cfg.eval.best
     if spec is None:
         return False
