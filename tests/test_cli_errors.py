@@ -2,6 +2,7 @@
 argument, the value and the fix, prints no traceback and writes nothing (no output directory,
 no checkpoint, an existing run left byte for byte as it was)."""
 
+import json
 import os
 import subprocess
 import sys
@@ -333,6 +334,61 @@ def test_resume_with_other_vae_sizes_is_a_clear_error_and_leaves_the_run_untouch
         f"[12, 16], the recipe builds [16, 16]; resume with the checkpoint's settings (its "
         f"run's config.yaml) or start a new `output_dir`")
     assert _snapshot(out) == before
+
+
+# --------------------------------------------------------------------------------------------
+# A run already in output_dir: refused without resume, deleted first with overwrite=true
+# --------------------------------------------------------------------------------------------
+
+
+def test_a_fresh_run_into_an_earlier_run_is_refused_and_overwrite_starts_over(
+        tmp_path, capsys, monkeypatch):
+    out, clean = tmp_path / "run", tmp_path / "clean"
+    mle = ["mle/oracle.yaml", *TINY, "train.checkpoint_every=1"]
+    assert main(["train", str(RECIPES / mle[0]), f"output_dir={out}", *mle[1:],
+                 "train.steps=10", "train.keep_last=0", "seed=5", "eval.best=nll_oracle"]) == 0
+    (out / "notes.txt").write_text("mine")
+    before = _snapshot(out)
+    with monkeypatch.context() as m:
+        no_training(m)
+        assert _error(capsys, *mle[:1], out, *mle[1:], "train.steps=2") == (
+            f"`output_dir` '{out}' already holds a run (metrics.jsonl, checkpoints/step_1, "
+            f"checkpoints/step_2, checkpoints/step_3 and 8 more); continue it with resume=auto, "
+            f"choose another output_dir, or set overwrite=true to delete that run's files and "
+            f"start over")
+        assert _error(capsys, *mle[:1], out, *mle[1:], "overwrite=true", "resume=auto") == (
+            "`overwrite: true` starts the run in output_dir over and `resume` ('auto') "
+            "continues one; drop one of them")
+    assert _snapshot(out) == before
+    # overwrite: exactly the run a new directory gets; files that are not a run's stay
+    for d, extra in ((out, ["overwrite=true"]), (clean, [])):
+        assert main(["train", str(RECIPES / mle[0]), f"output_dir={d}", *mle[1:],
+                     "train.steps=2", *extra]) == 0
+    assert (out / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_1", "step_2"]
+    drop_time = [{k: v for k, v in json.loads(line).items() if k != "time"}
+                 for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert drop_time == [{k: v for k, v in json.loads(line).items() if k != "time"}
+                         for line in (clean / "metrics.jsonl").read_text().splitlines()]
+    for name in ("step_1/model.safetensors", "step_2/model.safetensors"):
+        assert (out / "checkpoints" / name).read_bytes() == (
+            clean / "checkpoints" / name).read_bytes()
+    assert (out / "config.yaml").read_text() == (clean / "config.yaml").read_text().replace(
+        "overwrite: false", "overwrite: true").replace(str(clean), str(out))
+
+
+def test_a_run_with_metrics_but_no_checkpoint_can_only_be_overwritten(
+        tmp_path, capsys, refuse_training):
+    out = tmp_path / "killed"
+    out.mkdir()
+    (out / "metrics.jsonl").write_text('{"step": 1, "phase": "mle", "nll_train": 3.0}\n')
+    assert _error(capsys, "mle/oracle.yaml", out, *TINY) == (
+        f"`output_dir` '{out}' already holds a run (metrics.jsonl); choose another output_dir, "
+        f"or set overwrite=true to delete that run's files and start over")
+    assert _error(capsys, "mle/oracle.yaml", out, *TINY, "resume=auto") == (
+        f"resume=auto found no complete checkpoint under '{out / 'checkpoints'}'; replace "
+        f"`resume` by overwrite=true to start over (it deletes that run's files)")
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.jsonl"]
 
 
 # --------------------------------------------------------------------------------------------

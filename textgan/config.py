@@ -2,13 +2,13 @@
 
     cfg = load_recipe("recipes/relgan/oracle.yaml", overrides=["train.adv_steps=100"])
 
-A recipe has top-level keys ``algorithm``, ``seed``, ``output_dir``, ``resume``, ``description``,
-``flush_denormal`` and the sections ``data`` (:class:`~textgan.data.DataConfig`), ``generator`` and
-``discriminator`` (flat model kwargs plus ``name``/``init_from``, checked against the model's
-signature), ``sampler`` (:class:`SamplerConfig`), ``eval`` (:class:`EvalConfig`), ``pretrain``
-(the MLE trainer's config) and ``train`` (the algorithm's own config dataclass, from
-``TRAIN_CONFIGS``). An unknown key or a value of the wrong type raises ``ValueError`` naming the
-key and suggesting close matches.
+A recipe has top-level keys ``algorithm``, ``seed``, ``output_dir``, ``resume``, ``overwrite``,
+``description``, ``flush_denormal`` and the sections ``data`` (:class:`~textgan.data.DataConfig`),
+``generator`` and ``discriminator`` (flat model kwargs plus ``name``/``init_from``, checked
+against the model's signature), ``sampler`` (:class:`SamplerConfig`), ``eval``
+(:class:`EvalConfig`), ``pretrain`` (the MLE trainer's config) and ``train`` (the algorithm's
+own config dataclass, from ``TRAIN_CONFIGS``). An unknown key or a value of the wrong type
+raises ``ValueError`` naming the key and suggesting close matches.
 """
 
 from __future__ import annotations
@@ -143,6 +143,9 @@ class RecipeConfig:
     seed: int = 0
     output_dir: str = "runs/default"
     resume: str | None = None  # None | "auto" | path to a checkpoint directory
+    # A run already in output_dir (metrics.jsonl or checkpoints/): refused unless resumed, or
+    # deleted first (its metrics, checkpoints, samples, TensorBoard files) with overwrite: true.
+    overwrite: bool = False
     description: str = ""
     generator: dict = field(default_factory=lambda: {"name": "lstm"})
     discriminator: dict = field(default_factory=dict)
@@ -328,14 +331,19 @@ def build_config(raw: dict) -> RecipeConfig:
               "train": from_dict(train_cls, raw.get("train"), "train")}
     if algorithm != "mle" or raw.get("pretrain") is not None:
         kwargs["pretrain"] = from_dict(train_config_class("mle"), raw.get("pretrain"), "pretrain")
-    for key in ("seed", "output_dir", "resume", "description", "generator", "discriminator",
-                "accelerate", "flush_denormal"):
+    for key in ("seed", "output_dir", "resume", "overwrite", "description", "generator",
+                "discriminator", "accelerate", "flush_denormal"):
         if key in raw:
             tp = typing.get_type_hints(RecipeConfig)[key]
             kwargs[key] = _check_type(raw[key], tp, key)
     for key, cls in (("sampler", SamplerConfig), ("eval", EvalConfig)):
         kwargs[key] = from_dict(cls, raw.get(key), key)
     cfg = RecipeConfig(**kwargs)
+    if cfg.overwrite and cfg.resume:
+        raise ValueError(
+            f"`overwrite: true` starts the run in output_dir over and `resume` "
+            f"({cfg.resume!r}) continues one; drop one of them"
+        )
     _check_models(cfg)
     _check_accelerate(cfg.accelerate)
     _check_batch_sizes(cfg)

@@ -62,7 +62,7 @@ declare -A PID
 for j in $JOBS; do
   # shellcheck disable=SC2046
   timeout -s TERM -k 60 "$RUN_S" $PY -m textgan train $(args_of "$j") $NOCKPT ${EXTRA:-} \
-    output_dir=runs/gpu-$j > "runs/gpu-$j.log" 2>&1 &
+    output_dir=runs/gpu-$j overwrite=true > "runs/gpu-$j.log" 2>&1 &
   PID[$j]=$!
 done
 echo "== started $JOBS at $(date +%T), deadline $RUN_S s"

@@ -122,6 +122,8 @@ def make_run(cfg: RecipeConfig) -> Run:
                         "float32; set accelerate.mixed_precision=no on this machine")
     out_dir = Path(cfg.output_dir)
     resume_from = find_checkpoint(out_dir, cfg.resume) if cfg.resume else None
+    if not cfg.resume and not cfg.overwrite:
+        check_no_run(out_dir)  # every process, before main_process_first (a barrier) below
     vocab = None
     if resume_from is not None and (resume_from / "vocab.json").exists():
         vocab = Vocab.load(resume_from / "vocab.json")
@@ -235,10 +237,52 @@ def check_launch(accelerator) -> None:
         )
 
 
+#: What a run writes in its output_dir; ``overwrite: true`` deletes these (and nothing else).
+RUN_FILES = ("metrics.jsonl", "checkpoints", "samples", "tensorboard", "config.yaml",
+             "meta.json", "vocab.json")
+
+
+def existing_run(out_dir: Path) -> list[str]:
+    """What shows that ``out_dir`` already holds a run: its ``metrics.jsonl`` and the entries of
+    its ``checkpoints/`` (empty when there is neither)."""
+    found = ["metrics.jsonl"] if (out_dir / "metrics.jsonl").is_file() else []
+    if (out_dir / "checkpoints").is_dir():
+        names = [p.name for p in (out_dir / "checkpoints").iterdir()]
+        found += [f"checkpoints/{n}" for n in sorted(  # step_N by N, then the others
+            names, key=lambda n: (0, int(n[len(CKPT_PREFIX):]), "") if re.fullmatch(
+                CKPT_PREFIX + r"\d+", n) else (1, 0, n))]
+    return found
+
+
+def check_no_run(out_dir: Path) -> None:
+    """A run started afresh (no ``resume``) must not mix its metrics and checkpoints with those
+    of an earlier run in the same ``output_dir``: ``resume=auto`` would later take the old
+    run's newer checkpoints and ``textgan report`` would read both runs as one."""
+    found = existing_run(out_dir)
+    if not found:
+        return
+    shown = ", ".join(found[:4]) + (f" and {len(found) - 4} more" if len(found) > 4 else "")
+    cont = ("continue it with resume=auto, " if any(f.startswith("checkpoints/" + CKPT_PREFIX)
+                                                   for f in found) else "")
+    raise ValueError(
+        f"`output_dir` '{out_dir}' already holds a run ({shown}); {cont}choose another "
+        f"output_dir, or set overwrite=true to delete that run's files and start over"
+    )
+
+
 def start_outputs(run: Run) -> None:
     """Create the output directory, write ``config.yaml`` / ``meta.json`` (main process) and the
-    optional TensorBoard writer; trainers call it once their models are built."""
+    optional TensorBoard writer; trainers call it once their models are built. With
+    ``overwrite: true`` the files of an earlier run (:data:`RUN_FILES`) are deleted first."""
     if run.accelerator.is_main_process:
+        if run.cfg.overwrite and existing_run(run.out_dir):
+            log.warning("overwrite=true: deleting the earlier run's files in %s", run.out_dir)
+            for name in RUN_FILES:
+                path = run.out_dir / name
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                elif path.exists() or path.is_symlink():
+                    path.unlink()
         run.out_dir.mkdir(parents=True, exist_ok=True)
         save_config(run.cfg, run.out_dir / "config.yaml")
         write_meta(run.out_dir, run.cfg, run.corpus)
@@ -686,9 +730,10 @@ def find_checkpoint(out_dir: Path, resume: str) -> Path:
         if is_complete(ckpt):
             return ckpt
         log.warning("skipping incomplete or corrupted checkpoint %s", ckpt)
+    fix = ("replace `resume` by overwrite=true to start over (it deletes that run's files)"
+           if existing_run(Path(out_dir)) else "drop `resume` to start from scratch")
     raise FileNotFoundError(
-        f"resume=auto found no complete checkpoint under '{Path(out_dir) / 'checkpoints'}'; "
-        f"drop `resume` to start from scratch"
+        f"resume=auto found no complete checkpoint under '{Path(out_dir) / 'checkpoints'}'; {fix}"
     )
 
 
