@@ -336,6 +336,32 @@ def test_resume_with_other_vae_sizes_is_a_clear_error_and_leaves_the_run_untouch
     assert _snapshot(out) == before
 
 
+TINY_RELGAN = [*TINY, "generator={name: lstm, embed_dim: 8, hidden_dim: 8}",
+               "discriminator.embed_dim=8", "discriminator.num_rep=4",
+               "discriminator.filter_sizes=[2,3]", "discriminator.num_filters=[6,6]",
+               "pretrain.steps=2", "pretrain.batch_size=16", "train.adv_steps=2"]
+TINY_VAE = [*TINY, "train.latent_classes=4", "train.encoder_embed_dim=8",
+            "train.encoder_hidden_dim=8", "train.eval_sentences=32", "train.latent_vars=3"]
+
+
+@pytest.mark.parametrize("recipe,overrides,message", [
+    ("mle/oracle.yaml", [*TINY, "train.rng_blocks=3"],
+     "`train.batch_size` 16 must be divisible by 3 row blocks; change `train.batch_size` or "
+     "`train.rng_blocks`"),
+    ("relgan/oracle.yaml", [*TINY_RELGAN, "pretrain.rng_blocks=3"],
+     "`pretrain.batch_size` 16 must be divisible by 3 row blocks; change `pretrain.batch_size` "
+     "or `pretrain.rng_blocks`"),
+    ("vae/oracle.yaml", [*TINY_VAE, "train.grad_accum=2", "train.rng_blocks=3"],
+     "`train.batch_size` 16 must be divisible by 3 row blocks x 2 micro-batches "
+     "(`train.grad_accum`); change `train.batch_size` or `train.rng_blocks`"),
+])
+def test_a_batch_that_does_not_cut_into_row_blocks_writes_nothing(tmp_path, capsys, recipe,
+                                                                   overrides, message):
+    out = tmp_path / "run"
+    assert _error(capsys, recipe, out, *overrides) == message
+    assert not out.exists()
+
+
 # --------------------------------------------------------------------------------------------
 # A run already in output_dir: refused without resume, deleted first with overwrite=true
 # --------------------------------------------------------------------------------------------

@@ -108,10 +108,20 @@ def test_row_blocks_validate_the_setting():
                           cfg=SimpleNamespace(seed=0))
     assert C.row_blocks(run, None, "mle", 0, 16).ids == (1,)
     assert C.row_blocks(run, 8, "mle", 0, 16).ids == (1, 3, 5, 7)
-    with pytest.raises(ValueError, match="multiple of the number of processes"):
+    with pytest.raises(ValueError) as e:
         C.num_blocks(run, 3, 16)
-    with pytest.raises(ValueError, match="divisible by 4 row blocks x 3 micro-batches"):
-        C.num_blocks(run, 4, 16, micro_batches=3)
+    assert str(e.value) == (
+        "`train.rng_blocks` (3) must be a multiple of the number of processes (2)")
+    with pytest.raises(ValueError) as e:
+        C.num_blocks(run, 4, 16, micro_batches=3, section="pretrain")
+    assert str(e.value) == (
+        "`pretrain.batch_size` 16 must be divisible by 4 row blocks x 3 micro-batches "
+        "(`pretrain.grad_accum`); change `pretrain.batch_size` or `pretrain.rng_blocks`")
+    with pytest.raises(ValueError) as e:
+        C.num_blocks(run, None, 15)
+    assert str(e.value) == (
+        "`train.batch_size` 15 must be divisible by 2 row blocks (`train.rng_blocks` defaults to "
+        "the number of processes); change `train.batch_size` or `train.rng_blocks`")
 
 
 def test_launch_checks(monkeypatch):

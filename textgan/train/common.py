@@ -270,10 +270,16 @@ def check_no_run(out_dir: Path) -> None:
     )
 
 
-def start_outputs(run: Run) -> None:
+def start_outputs(run: Run, *phases: tuple[str, object] | None) -> None:
     """Create the output directory, write ``config.yaml`` / ``meta.json`` (main process) and the
-    optional TensorBoard writer; trainers call it once their models are built. With
-    ``overwrite: true`` the files of an earlier run (:data:`RUN_FILES`) are deleted first."""
+    optional TensorBoard writer; trainers call it once their models are built and a resumed
+    checkpoint is loaded. ``phases``: ``(section, config)`` of each phase still to run (``None``
+    skipped), whose batch must cut into row blocks (:func:`num_blocks`): checked first, so a
+    refused start writes nothing. With ``overwrite: true`` the files of an earlier run
+    (:data:`RUN_FILES`) are deleted first."""
+    for section, part in filter(None, phases):
+        num_blocks(run, part.rng_blocks, part.batch_size, getattr(part, "grad_accum", 1),
+                   section=section)
     if run.accelerator.is_main_process:
         if run.cfg.overwrite and existing_run(run.out_dir):
             log.warning("overwrite=true: deleting the earlier run's files in %s", run.out_dir)
@@ -577,21 +583,24 @@ class _Blockwise:
         return getattr(self.module, name)
 
 
-def num_blocks(run: Run, rng_blocks: int | None, batch_size: int, micro_batches: int = 1) -> int:
+def num_blocks(run: Run, rng_blocks: int | None, batch_size: int, micro_batches: int = 1,
+               section: str = "train") -> int:
     """``K``: ``rng_blocks``, or one block per process when it is ``None``; checked against the
-    number of processes and the global batch."""
+    number of processes and the global batch (errors name the keys of recipe ``section``)."""
     n = run.accelerator.num_processes
     K = n if rng_blocks is None else rng_blocks
     if K < 1 or K % n:
         raise ValueError(
-            f"`rng_blocks` ({K}) must be a multiple of the number of processes ({n})"
+            f"`{section}.rng_blocks` ({K}) must be a multiple of the number of processes ({n})"
         )
     if batch_size % (K * micro_batches):
-        what = f"{K} row blocks" + (f" x {micro_batches} micro-batches" if micro_batches > 1
-                                     else "")
+        what = f"{K} row blocks" + (f" x {micro_batches} micro-batches (`{section}.grad_accum`)"
+                                     if micro_batches > 1 else "")
+        default = "" if rng_blocks is not None else (
+            f" (`{section}.rng_blocks` defaults to the number of processes)")
         raise ValueError(
-            f"`batch_size` {batch_size} must be divisible by {what} (`rng_blocks` defaults to "
-            f"the number of processes)"
+            f"`{section}.batch_size` {batch_size} must be divisible by {what}{default}; change "
+            f"`{section}.batch_size` or `{section}.rng_blocks`"
         )
     return K
 

@@ -119,7 +119,6 @@ def run_mle(run: C.Run, G, opt, cfg: MLEConfig, *, phase: str = "mle", start_ste
     """
     data = run.corpus.train
     G.train()
-    C.num_blocks(run, cfg.rng_blocks, cfg.batch_size, cfg.grad_accum)  # fail before step 1
     bar = C.progress(run, cfg.steps, start_step, phase)
     step = start_step
     losses = list(window or [])
@@ -161,7 +160,7 @@ def train(cfg) -> MLEResult:
     if run.resume_from is not None:
         state = C.load_checkpoint(run, run.resume_from)
         start, window = state["step"], (state.get("extra") or {}).get("window")
-    C.start_outputs(run)  # after the resume checks: a refused resume writes nothing
+    C.start_outputs(run, ("train", cfg.train))  # after the resume checks: refused, writes nothing
     step = run_mle(run, G, opt, cfg.train, phase="mle", start_step=start, window=window)
     ckpts = C.checkpoint_dirs(run.out_dir)
     run.accelerator.end_training()

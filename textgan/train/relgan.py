@@ -319,7 +319,9 @@ def train(cfg) -> RelGANResult:
         else:
             pre_start, adv_start = pre_steps, state["step"]
             baseline.load_state_dict(state["extra"]["baseline"])
-    C.start_outputs(run)  # after the resume checks: a refused resume writes nothing
+    # after the resume checks: a refused start writes nothing
+    C.start_outputs(run, ("pretrain", cfg.pretrain) if pre_start < pre_steps else None,
+                    ("train", tc))
     if pre_start < pre_steps:
         mle.run_mle(run, G, opt_pre, cfg.pretrain, phase="pretrain", start_step=pre_start,
                     window=window)
@@ -342,7 +344,6 @@ def adversarial(run: C.Run, G, D, opt_g, opt_d, baseline, start: int, ckpt_offse
     kw = dict(feed=cfg.sampler.feed, eos=corpus.eos, pad=corpus.pad, sync=sync,
               backward=acc.backward)
     gather = C.gather_rows(run)
-    C.num_blocks(run, tc.rng_blocks, tc.batch_size)  # a bad setting fails before step 1
     per_step = tc.g_steps + tc.d_steps  # real batches consumed per adversarial step
     bar = C.progress(run, tc.adv_steps, start, "adversarial")
     step, window = start, list(window or [])

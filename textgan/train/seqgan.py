@@ -434,7 +434,9 @@ def train(cfg) -> SeqGANResult:
             pre_start, dpre_start, adv_start = pre_steps, dpre_steps, phase_step
             ema.load_state_dict(state["extra"]["baseline"])
             rollout_state = state["extra"]["rollout"]
-    C.start_outputs(run)  # after the resume checks: a refused resume writes nothing
+    # after the resume checks: a refused start writes nothing
+    C.start_outputs(run, ("pretrain", cfg.pretrain) if pre_start < pre_steps else None,
+                    ("train", tc))
     if pre_start < pre_steps:
         mle.run_mle(run, G, opt_pre, cfg.pretrain, phase="pretrain", start_step=pre_start,
                     window=window)
@@ -465,7 +467,6 @@ def d_pretrain(run: C.Run, G, D, opt_d, start: int, ckpt_offset: int,
     tc, corpus, acc = run.cfg.train, run.corpus, run.accelerator
     g, d = acc.unwrap_model(G), acc.unwrap_model(D)
     kw = _kwargs(run, [(d, opt_d)])
-    C.num_blocks(run, tc.rng_blocks, tc.batch_size)  # a bad setting fails before step 1
     bar = C.progress(run, tc.d_pretrain_steps, start, "d_pretrain")
     step, window = start, list(window or [])
     while step < tc.d_pretrain_steps:
@@ -509,7 +510,6 @@ def adversarial(run: C.Run, G, G_roll, D, opt_g, opt_d, ema, start: int,
         )
     local_bs = tc.batch_size // acc.num_processes
     gather = C.gather_rows(run)
-    C.num_blocks(run, tc.rng_blocks, tc.batch_size)  # a bad setting fails before step 1
     bar = C.progress(run, tc.adv_steps, start, "adversarial")
     step, window = start, list(window or [])
     while step < tc.adv_steps:

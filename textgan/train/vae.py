@@ -417,7 +417,7 @@ def train(cfg) -> VAEResult:
         start, window = state["step"], state["extra"].get("window")
         if "ema" in state["extra"]:
             ema.load_state_dict(state["extra"]["ema"])
-    C.start_outputs(run)  # after the resume checks: a refused resume writes nothing
+    C.start_outputs(run, ("train", tc))  # after the resume checks: refused, writes nothing
     step = run_vae(run, vae, opt, ema, start, window=window)
     ckpts = C.checkpoint_dirs(run.out_dir)
     acc.end_training()
@@ -436,7 +436,6 @@ def run_vae(run: C.Run, vae, opt, ema: S.EMABaseline, start: int,
               sync=C.grad_sync(acc, [(model, opt)]),
               reduce=(lambda t: acc.reduce(t, "sum")) if multi else None,
               gather=acc.gather if multi else None, autocast=acc.autocast)
-    C.num_blocks(run, tc.rng_blocks, tc.batch_size, tc.grad_accum)  # fail before step 1
     bar = C.progress(run, tc.steps, start, PHASE)
     step, window = start, list(window or [])
     while step < tc.steps:
