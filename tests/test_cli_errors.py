@@ -340,6 +340,10 @@ TINY_RELGAN = [*TINY, "generator={name: lstm, embed_dim: 8, hidden_dim: 8}",
                "discriminator.embed_dim=8", "discriminator.num_rep=4",
                "discriminator.filter_sizes=[2,3]", "discriminator.num_filters=[6,6]",
                "pretrain.steps=2", "pretrain.batch_size=16", "train.adv_steps=2"]
+TINY_SEQGAN = [*TINY, "discriminator={name: seqgan_cnn, embed_dim: 8, filter_sizes: [2, 3], "
+               "num_filters: [6, 6]}", "pretrain.steps=2", "pretrain.batch_size=16",
+               "train.num_rollouts=2", "train.d_steps=1", "train.d_pretrain_steps=2",
+               "train.adv_steps=2"]
 TINY_VAE = [*TINY, "train.latent_classes=4", "train.encoder_embed_dim=8",
             "train.encoder_hidden_dim=8", "train.eval_sentences=32", "train.latent_vars=3"]
 
@@ -353,7 +357,11 @@ TINY_VAE = [*TINY, "train.latent_classes=4", "train.encoder_embed_dim=8",
      "or `pretrain.rng_blocks`"),
     ("vae/oracle.yaml", [*TINY_VAE, "train.grad_accum=2", "train.rng_blocks=3"],
      "`train.batch_size` 16 must be divisible by 3 row blocks x 2 micro-batches "
-     "(`train.grad_accum`); change `train.batch_size` or `train.rng_blocks`"),
+     "(`train.grad_accum`); change `train.batch_size` or `train.rng_blocks` or "
+     "`train.grad_accum`"),
+    ("seqgan/oracle.yaml", [*TINY_SEQGAN, "train.rng_blocks=3"],  # D pre-training's check
+     "`train.batch_size` 16 must be divisible by 3 row blocks; change `train.batch_size` or "
+     "`train.rng_blocks`"),
 ])
 def test_a_batch_that_does_not_cut_into_row_blocks_writes_nothing(tmp_path, capsys, recipe,
                                                                    overrides, message):
@@ -374,6 +382,8 @@ def test_a_fresh_run_into_an_earlier_run_is_refused_and_overwrite_starts_over(
     assert main(["train", str(RECIPES / mle[0]), f"output_dir={out}", *mle[1:],
                  "train.steps=10", "train.keep_last=0", "seed=5", "eval.best=nll_oracle"]) == 0
     (out / "notes.txt").write_text("mine")
+    (out / "eval").mkdir()  # what `textgan eval RUN --temperature-sweep` writes by default
+    (out / "eval" / "sweep.csv").write_text("tau,bleu2\n")
     before = _snapshot(out)
     with monkeypatch.context() as m:
         no_training(m)
@@ -384,14 +394,18 @@ def test_a_fresh_run_into_an_earlier_run_is_refused_and_overwrite_starts_over(
             f"start over")
         assert _error(capsys, *mle[:1], out, *mle[1:], "overwrite=true", "resume=auto") == (
             "`overwrite: true` starts the run in output_dir over and `resume` ('auto') "
-            "continues one; drop one of them")
+            "continues one; set overwrite=false to resume, or drop `resume` to start over")
     assert _snapshot(out) == before
     # overwrite: exactly the run a new directory gets; files that are not a run's stay
     for d, extra in ((out, ["overwrite=true"]), (clean, [])):
         assert main(["train", str(RECIPES / mle[0]), f"output_dir={d}", *mle[1:],
                      "train.steps=2", *extra]) == 0
     assert (out / "notes.txt").read_text() == "mine"
+    assert not (out / "eval").exists()
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_1", "step_2"]
+    samples = sorted(p.name for p in (clean / "samples").iterdir())
+    assert samples == ["mle_step2.txt"]  # the old run's mle_step4..10 are gone
+    assert _snapshot(out / "samples") == _snapshot(clean / "samples")
     drop_time = [{k: v for k, v in json.loads(line).items() if k != "time"}
                  for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert drop_time == [{k: v for k, v in json.loads(line).items() if k != "time"}
@@ -401,6 +415,26 @@ def test_a_fresh_run_into_an_earlier_run_is_refused_and_overwrite_starts_over(
             clean / "checkpoints" / name).read_bytes()
     assert (out / "config.yaml").read_text() == (clean / "config.yaml").read_text().replace(
         "overwrite: false", "overwrite: true").replace(str(clean), str(out))
+
+
+def test_overwrite_deletes_nothing_when_the_new_run_is_refused(tmp_path, capsys,
+                                                               tiny_corpus_dir):
+    out = tmp_path / "run"
+    (out / "samples").mkdir(parents=True)
+    (out / "samples" / "mle_step2.txt").write_text("a cat\n")
+    (out / "metrics.jsonl").write_text('{"step": 2, "phase": "mle", "nll_train": 3.0}\n')
+    before = _snapshot(out)
+    n = len((tiny_corpus_dir / "train.txt").read_text().splitlines())
+    assert _error(capsys, "mle/coco.yaml", out, f"data.path={tiny_corpus_dir}", *TEXT,
+                  f"train.batch_size={n + 1}", "overwrite=true") == (
+        f"`train.batch_size` {n + 1} exceeds the {n} training sequences; lower "
+        f"train.batch_size")
+    assert _error(capsys, "mle/oracle.yaml", out, *TINY, "overwrite=true",
+                  f"generator.init_from={out / 'checkpoints' / 'step_2'}") == (
+        f"`generator.init_from` '{out / 'checkpoints' / 'step_2'}' is inside output_dir "
+        f"'{out}', whose files overwrite=true deletes; copy that checkpoint out of '{out}' "
+        f"first, or choose another output_dir")
+    assert _snapshot(out) == before
 
 
 def test_a_run_with_metrics_but_no_checkpoint_can_only_be_overwritten(
@@ -415,6 +449,18 @@ def test_a_run_with_metrics_but_no_checkpoint_can_only_be_overwritten(
         f"resume=auto found no complete checkpoint under '{out / 'checkpoints'}'; replace "
         f"`resume` by overwrite=true to start over (it deletes that run's files)")
     assert sorted(p.name for p in out.iterdir()) == ["metrics.jsonl"]
+    (out / "checkpoints" / "step_3").mkdir(parents=True)  # killed while saving: incomplete
+    assert _error(capsys, "mle/oracle.yaml", out, *TINY) == (  # no complete one to resume
+        f"`output_dir` '{out}' already holds a run (metrics.jsonl, checkpoints/step_3); choose "
+        f"another output_dir, or set overwrite=true to delete that run's files and start over")
+    assert main(["sample", str(out)]) == 2
+    assert capsys.readouterr().err.endswith(
+        f"textgan sample: error: '{out}' has no complete checkpoint (checkpoints/step_<N>); give "
+        f"a run that has saved one, or one of its checkpoint directories\n")
+    other = tmp_path / "other"
+    assert _error(capsys, "mle/oracle.yaml", other, *TINY, f"resume={out}") == (
+        f"`resume` run '{out}' has no complete checkpoint; give another run or checkpoint, or "
+        f"drop `resume` to start from scratch")
 
 
 # --------------------------------------------------------------------------------------------

@@ -116,12 +116,13 @@ def test_row_blocks_validate_the_setting():
         C.num_blocks(run, 4, 16, micro_batches=3, section="pretrain")
     assert str(e.value) == (
         "`pretrain.batch_size` 16 must be divisible by 4 row blocks x 3 micro-batches "
-        "(`pretrain.grad_accum`); change `pretrain.batch_size` or `pretrain.rng_blocks`")
-    with pytest.raises(ValueError) as e:
+        "(`pretrain.grad_accum`); change `pretrain.batch_size` or `pretrain.rng_blocks` or "
+        "`pretrain.grad_accum`")
+    with pytest.raises(ValueError) as e:  # unset: K = the processes, and no rng_blocks can help
         C.num_blocks(run, None, 15)
     assert str(e.value) == (
-        "`train.batch_size` 15 must be divisible by 2 row blocks (`train.rng_blocks` defaults to "
-        "the number of processes); change `train.batch_size` or `train.rng_blocks`")
+        "`train.batch_size` 15 must be divisible by 2 row blocks (one per process: "
+        "`train.rng_blocks` unset); change `train.batch_size`")
 
 
 def test_launch_checks(monkeypatch):

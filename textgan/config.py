@@ -342,7 +342,8 @@ def build_config(raw: dict) -> RecipeConfig:
     if cfg.overwrite and cfg.resume:
         raise ValueError(
             f"`overwrite: true` starts the run in output_dir over and `resume` "
-            f"({cfg.resume!r}) continues one; drop one of them"
+            f"({cfg.resume!r}) continues one; set overwrite=false to resume, or drop `resume` "
+            f"to start over"
         )
     _check_models(cfg)
     _check_accelerate(cfg.accelerate)

@@ -28,7 +28,13 @@ def resolve_checkpoint(path: str | Path) -> Path:
         if not C.is_complete(path):
             raise ValueError(f"checkpoint '{path}' is incomplete or corrupted")
         return path
-    return C.find_checkpoint(path, "auto")
+    ckpt = C.newest_checkpoint(path)
+    if ckpt is None:
+        raise FileNotFoundError(
+            f"'{path}' has no complete checkpoint (checkpoints/step_<N>); give a run that has "
+            f"saved one, or one of its checkpoint directories"
+        )
+    return ckpt
 
 
 class EvalHandle:

@@ -9,16 +9,17 @@
 set -u
 COCO=${COCO:-../shared/data/coco}
 while pgrep -f "output_dir=runs/coco150 " >/dev/null; do sleep 60; done  # one already running
+# resume from a saved checkpoint; a run killed before its first one starts over
+args() { if compgen -G "$1/checkpoints/step_*" >/dev/null; then echo resume=auto;
+         elif [ -e "$1" ]; then echo overwrite=true; fi; }
 if [ ! -d runs/coco150/checkpoints/step_23400 ]; then
-  R=""; [ -d runs/coco150/checkpoints ] && R="resume=auto"
+  R=$(args runs/coco150)
   # shellcheck disable=SC2086
   nice -n 19 textgan train recipes/relgan/coco.yaml data.path="$COCO" data.fixed_length=true \
     pretrain.steps=23400 train.adv_steps=0 eval.every=1500 pretrain.checkpoint_every=500 \
     output_dir=runs/coco150 $R >> runs/coco150.log 2>&1 || exit 1
 fi
-# resume when a checkpoint was saved; a run killed before its first one starts over
-R=""; [ -f runs/coco150-adv/metrics.jsonl ] && R="overwrite=true"
-[ -d runs/coco150-adv/checkpoints ] && R="resume=auto"
+R=$(args runs/coco150-adv)
 # shellcheck disable=SC2086
 nice -n 19 textgan train recipes/relgan/coco.yaml data.path="$COCO" data.fixed_length=true \
   generator.init_from=runs/coco150/checkpoints/step_23400 pretrain.steps=0 train.adv_steps=2000 \

@@ -124,6 +124,13 @@ def make_run(cfg: RecipeConfig) -> Run:
     resume_from = find_checkpoint(out_dir, cfg.resume) if cfg.resume else None
     if not cfg.resume and not cfg.overwrite:
         check_no_run(out_dir)  # every process, before main_process_first (a barrier) below
+    init_from = cfg.generator.get("init_from")
+    if cfg.overwrite and init_from and out_dir.resolve() in Path(init_from).resolve().parents:
+        raise ValueError(
+            f"`generator.init_from` '{init_from}' is inside output_dir '{out_dir}', whose files "
+            f"overwrite=true deletes; copy that checkpoint out of '{out_dir}' first, or choose "
+            f"another output_dir"
+        )
     vocab = None
     if resume_from is not None and (resume_from / "vocab.json").exists():
         vocab = Vocab.load(resume_from / "vocab.json")
@@ -237,8 +244,9 @@ def check_launch(accelerator) -> None:
         )
 
 
-#: What a run writes in its output_dir; ``overwrite: true`` deletes these (and nothing else).
-RUN_FILES = ("metrics.jsonl", "checkpoints", "samples", "tensorboard", "config.yaml",
+#: What a run writes in its output_dir (``eval``: ``textgan eval RUN``'s default output);
+#: ``overwrite: true`` deletes these and nothing else (a symlink itself, not its target).
+RUN_FILES = ("metrics.jsonl", "checkpoints", "samples", "tensorboard", "eval", "config.yaml",
              "meta.json", "vocab.json")
 
 
@@ -262,8 +270,7 @@ def check_no_run(out_dir: Path) -> None:
     if not found:
         return
     shown = ", ".join(found[:4]) + (f" and {len(found) - 4} more" if len(found) > 4 else "")
-    cont = ("continue it with resume=auto, " if any(f.startswith("checkpoints/" + CKPT_PREFIX)
-                                                   for f in found) else "")
+    cont = "continue it with resume=auto, " if newest_checkpoint(out_dir) else ""
     raise ValueError(
         f"`output_dir` '{out_dir}' already holds a run ({shown}); {cont}choose another "
         f"output_dir, or set overwrite=true to delete that run's files and start over"
@@ -274,15 +281,21 @@ def start_outputs(run: Run, *phases: tuple[str, object] | None) -> None:
     """Create the output directory, write ``config.yaml`` / ``meta.json`` (main process) and the
     optional TensorBoard writer; trainers call it once their models are built and a resumed
     checkpoint is loaded. ``phases``: ``(section, config)`` of each phase still to run (``None``
-    skipped), whose batch must cut into row blocks (:func:`num_blocks`): checked first, so a
-    refused start writes nothing. With ``overwrite: true`` the files of an earlier run
-    (:data:`RUN_FILES`) are deleted first."""
+    skipped), whose batch must fit the training data and cut into row blocks
+    (:func:`num_blocks`): checked first, so a refused start writes (and deletes) nothing. With
+    ``overwrite: true`` the files of an earlier run (:data:`RUN_FILES`) are deleted first."""
+    n = len(run.corpus.train)
     for section, part in filter(None, phases):
+        if part.batch_size > n:
+            raise ValueError(f"`{section}.batch_size` {part.batch_size} exceeds the {n} "
+                             f"training sequences; lower {section}.batch_size")
         num_blocks(run, part.rng_blocks, part.batch_size, getattr(part, "grad_accum", 1),
                    section=section)
     if run.accelerator.is_main_process:
-        if run.cfg.overwrite and existing_run(run.out_dir):
-            log.warning("overwrite=true: deleting the earlier run's files in %s", run.out_dir)
+        if run.cfg.overwrite:
+            if existing_run(run.out_dir):
+                log.warning("overwrite=true: deleting the earlier run's files in %s",
+                            run.out_dir)
             for name in RUN_FILES:
                 path = run.out_dir / name
                 if path.is_dir() and not path.is_symlink():
@@ -348,13 +361,12 @@ def build_generator(cfg: RecipeConfig, corpus: Corpus):
                              "directory or one of its checkpoints/step_<N> directories")
         ckpt = path
         if path.is_dir() and not (path / STATE_FILE).exists():
-            try:
-                ckpt = find_checkpoint(path, "auto")
-            except (FileNotFoundError, ValueError):
+            ckpt = newest_checkpoint(path)
+            if ckpt is None:
                 raise ValueError(
                     f"`generator.init_from` '{init_from}' has no complete checkpoint; give a "
                     "run directory with checkpoints/step_<N> or one of those directories"
-                ) from None
+                )
         load_model_weights(G, ckpt, index=0)
         log.info("generator initialised from %s", ckpt)
     return G
@@ -596,11 +608,13 @@ def num_blocks(run: Run, rng_blocks: int | None, batch_size: int, micro_batches:
     if batch_size % (K * micro_batches):
         what = f"{K} row blocks" + (f" x {micro_batches} micro-batches (`{section}.grad_accum`)"
                                      if micro_batches > 1 else "")
-        default = "" if rng_blocks is not None else (
-            f" (`{section}.rng_blocks` defaults to the number of processes)")
+        if rng_blocks is None:  # K = n: no other rng_blocks can help (it must be a multiple of n)
+            what += f" (one per process: `{section}.rng_blocks` unset)"
+        keys = ["batch_size"] + (["rng_blocks"] if rng_blocks is not None else []) + (
+            ["grad_accum"] if micro_batches > 1 else [])
         raise ValueError(
-            f"`{section}.batch_size` {batch_size} must be divisible by {what}{default}; change "
-            f"`{section}.batch_size` or `{section}.rng_blocks`"
+            f"`{section}.batch_size` {batch_size} must be divisible by {what}; change "
+            + " or ".join(f"`{section}.{k}`" for k in keys)
         )
     return K
 
@@ -713,12 +727,29 @@ def is_complete(ckpt: Path) -> bool:
     return True
 
 
+def newest_checkpoint(run_dir: Path) -> Path | None:
+    """The newest complete ``checkpoints/step_N`` of a run directory (incomplete ones skipped
+    with a warning), or None."""
+    for ckpt in reversed(checkpoint_dirs(run_dir)):
+        if is_complete(ckpt):
+            return ckpt
+        log.warning("skipping incomplete or corrupted checkpoint %s", ckpt)
+    return None
+
+
 def find_checkpoint(out_dir: Path, resume: str) -> Path:
-    """``resume=auto``: the newest complete checkpoint under ``out_dir``; else a path."""
+    """``resume=auto``: the newest complete checkpoint under ``out_dir``; else a path (a
+    checkpoint, or a run directory: its newest complete checkpoint)."""
     if resume != "auto":
         path = Path(resume)
         if path.is_dir() and not (path / STATE_FILE).exists() and checkpoint_dirs(path):
-            return find_checkpoint(path, "auto")
+            ckpt = newest_checkpoint(path)
+            if ckpt is None:
+                raise FileNotFoundError(
+                    f"`resume` run '{path}' has no complete checkpoint; give another run or "
+                    f"checkpoint, or drop `resume` to start from scratch"
+                )
+            return ckpt
         if not path.is_dir():
             raise FileNotFoundError(
                 f"`resume` checkpoint '{path}' does not exist; give a checkpoint directory "
@@ -735,10 +766,9 @@ def find_checkpoint(out_dir: Path, resume: str) -> Path:
                 f"checkpoint, or resume=auto (which skips incomplete ones)"
             )
         return path
-    for ckpt in reversed(checkpoint_dirs(out_dir)):
-        if is_complete(ckpt):
-            return ckpt
-        log.warning("skipping incomplete or corrupted checkpoint %s", ckpt)
+    ckpt = newest_checkpoint(out_dir)
+    if ckpt is not None:
+        return ckpt
     fix = ("replace `resume` by overwrite=true to start over (it deletes that run's files)"
            if existing_run(Path(out_dir)) else "drop `resume` to start from scratch")
     raise FileNotFoundError(

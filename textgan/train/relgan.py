@@ -321,7 +321,7 @@ def train(cfg) -> RelGANResult:
             baseline.load_state_dict(state["extra"]["baseline"])
     # after the resume checks: a refused start writes nothing
     C.start_outputs(run, ("pretrain", cfg.pretrain) if pre_start < pre_steps else None,
-                    ("train", tc))
+                    ("train", tc) if adv_start < tc.adv_steps else None)
     if pre_start < pre_steps:
         mle.run_mle(run, G, opt_pre, cfg.pretrain, phase="pretrain", start_step=pre_start,
                     window=window)

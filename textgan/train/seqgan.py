@@ -436,7 +436,8 @@ def train(cfg) -> SeqGANResult:
             rollout_state = state["extra"]["rollout"]
     # after the resume checks: a refused start writes nothing
     C.start_outputs(run, ("pretrain", cfg.pretrain) if pre_start < pre_steps else None,
-                    ("train", tc))
+                    ("train", tc) if dpre_start < dpre_steps or adv_start < tc.adv_steps
+                    else None)
     if pre_start < pre_steps:
         mle.run_mle(run, G, opt_pre, cfg.pretrain, phase="pretrain", start_step=pre_start,
                     window=window)
