@@ -4,6 +4,7 @@ no checkpoint, an existing run left byte for byte as it was)."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -395,6 +396,13 @@ def test_a_fresh_run_into_an_earlier_run_is_refused_and_overwrite_starts_over(
         assert _error(capsys, *mle[:1], out, *mle[1:], "overwrite=true", "resume=auto") == (
             "`overwrite: true` starts the run in output_dir over and `resume` ('auto') "
             "continues one; set overwrite=false to resume, or drop `resume` to start over")
+        elsewhere = tmp_path / "elsewhere"
+        shutil.copytree(out / "checkpoints" / "step_10", elsewhere)
+        assert _error(capsys, *mle[:1], out, *mle[1:], "train.steps=12",
+                      f"resume={elsewhere}") == (
+            f"`resume` checkpoint '{elsewhere}' is another directory's, and `output_dir` "
+            f"'{out}' already holds a run: its records and checkpoints would mix; continue that "
+            f"run with resume=auto, or resume into another output_dir")
     assert _snapshot(out) == before
     # overwrite: exactly the run a new directory gets; files that are not a run's stay
     for d, extra in ((out, ["overwrite=true"]), (clean, [])):

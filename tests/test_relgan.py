@@ -88,6 +88,22 @@ def test_fake_stats_on_a_hand_made_sample():
     assert relgan.fake_stats(sample, "gumbel_st") == {"g_entropy": pytest.approx(3.5 / 3)}
     none = Sample(sample.tokens, one_hot, log_prob, torch.zeros_like(mask))
     assert relgan.fake_stats(none, "gumbel_softmax") == {"g_entropy": 0.0, "fake_max": 0.0}
+    # two processes, one row each (2 and 1 counted tokens): the mean of their logged values
+    # is the one-process value above, not the mean of the two rows' means
+    rows = [Sample(*(x[i:i + 1] for x in (sample.tokens, one_hot, log_prob, mask)))
+            for i in range(2)]
+    counts = [r.mask.sum().reshape(1).double() for r in rows]
+
+    def gather_of(rank):  # what accelerator.gather gives process `rank`
+        return lambda t: torch.cat([t if j == rank else counts[j] for j in range(2)])
+
+    parts = [relgan.fake_stats(r, "gumbel_softmax", gather_of(i)) for i, r in enumerate(rows)]
+    assert (parts[0]["g_entropy"] + parts[1]["g_entropy"]) / 2 == pytest.approx(3.5 / 3,
+                                                                               abs=1e-6)
+    assert (parts[0]["fake_max"] + parts[1]["fake_max"]) / 2 == pytest.approx(1.75 / 3,
+                                                                             abs=1e-6)
+    unweighted = [relgan.fake_stats(r, "gumbel_softmax") for r in rows]
+    assert (unweighted[0]["g_entropy"] + unweighted[1]["g_entropy"]) / 2 == pytest.approx(1.0)
 
 
 def test_g_entropy_estimates_the_entropy_along_the_samples():

@@ -124,6 +124,13 @@ def make_run(cfg: RecipeConfig) -> Run:
     resume_from = find_checkpoint(out_dir, cfg.resume) if cfg.resume else None
     if not cfg.resume and not cfg.overwrite:
         check_no_run(out_dir)  # every process, before main_process_first (a barrier) below
+    elif resume_from is not None and resume_from.resolve().parent != (
+            out_dir / "checkpoints").resolve() and existing_run(out_dir):
+        raise ValueError(
+            f"`resume` checkpoint '{resume_from}' is another directory's, and `output_dir` "
+            f"'{out_dir}' already holds a run: its records and checkpoints would mix; continue "
+            f"that run with resume=auto, or resume into another output_dir"
+        )
     init_from = cfg.generator.get("init_from")
     if cfg.overwrite and init_from and out_dir.resolve() in Path(init_from).resolve().parents:
         raise ValueError(

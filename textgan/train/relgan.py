@@ -255,11 +255,11 @@ def g_step(G, D, opt_g, real: Tensor, tau: float, cfg: RelGANConfig, *, feed: st
         _finish(G, opt_g, cfg.grad_clip, sync)
     finally:
         D.requires_grad_(True)
-    return {"g_loss": float(g_loss.detach()), **fake_stats(fake, cfg.estimator)}
+    return {"g_loss": float(g_loss.detach()), **fake_stats(fake, cfg.estimator, gather)}
 
 
 @torch.no_grad()
-def fake_stats(fake: S.Sample, estimator: str) -> dict:
+def fake_stats(fake: S.Sample, estimator: str, gather=None) -> dict:
     """What a G step's fakes say about collapse, over their counted tokens (0.0 when none):
 
     * ``g_entropy``: the mean of ``-log p_G(token)`` over the sampled tokens, an unbiased
@@ -269,12 +269,16 @@ def fake_stats(fake: S.Sample, estimator: str) -> dict:
       one-hots D scores. Real one-hots have 1; the gap is a cue D can use whatever the words,
       and at ``tau`` near 1 G can close it only by sharpening (lowering ``g_entropy``).
 
-    Several processes log the mean of the processes' values (like the losses)."""
+    Several processes log the mean of the processes' values (like the losses); ``gather``
+    (:func:`textgan.train.common.gather_rows`) weights each by its share of the counted tokens
+    (:func:`~textgan.train.common.count_share`), so that mean is the mean over all processes'
+    tokens, as one process computes it, also when sequences end at ``eos`` at different steps."""
     m = fake.mask
     n = int(m.sum())
-    out = {"g_entropy": float(-fake.log_prob[m].sum()) / n if n else 0.0}
+    share = 1.0 if gather is None else float(C.count_share(m, gather))
+    out = {"g_entropy": (float(-fake.log_prob[m].sum()) / n if n else 0.0) * share}
     if estimator == "gumbel_softmax":
-        out["fake_max"] = float(fake.one_hot.max(-1).values[m].sum()) / n if n else 0.0
+        out["fake_max"] = (float(fake.one_hot.max(-1).values[m].sum()) / n if n else 0.0) * share
     return out
 
 
