@@ -262,10 +262,10 @@ def existing_run(out_dir: Path) -> list[str]:
     its ``checkpoints/`` (empty when there is neither)."""
     found = ["metrics.jsonl"] if (out_dir / "metrics.jsonl").is_file() else []
     if (out_dir / "checkpoints").is_dir():
-        names = [p.name for p in (out_dir / "checkpoints").iterdir()]
-        found += [f"checkpoints/{n}" for n in sorted(  # step_N by N, then the others
-            names, key=lambda n: (0, int(n[len(CKPT_PREFIX):]), "") if re.fullmatch(
-                CKPT_PREFIX + r"\d+", n) else (1, 0, n))]
+        steps = [p.name for p in checkpoint_dirs(out_dir)]  # step_N by N, then the others
+        others = sorted(p.name for p in (out_dir / "checkpoints").iterdir()
+                        if p.name not in steps)
+        found += [f"checkpoints/{n}" for n in steps + others]
     return found
 
 
