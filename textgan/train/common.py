@@ -124,8 +124,8 @@ def make_run(cfg: RecipeConfig) -> Run:
     resume_from = find_checkpoint(out_dir, cfg.resume) if cfg.resume else None
     if not cfg.resume and not cfg.overwrite:
         check_no_run(out_dir)  # every process, before main_process_first (a barrier) below
-    elif resume_from is not None and resume_from.resolve().parent != (
-            out_dir / "checkpoints").resolve() and existing_run(out_dir):
+    elif resume_from is not None and not own_checkpoint(out_dir, resume_from) and existing_run(
+            out_dir):
         raise ValueError(
             f"`resume` checkpoint '{resume_from}' is another directory's, and `output_dir` "
             f"'{out_dir}' already holds a run: its records and checkpoints would mix; continue "
@@ -734,6 +734,11 @@ def is_complete(ckpt: Path) -> bool:
     return True
 
 
+def own_checkpoint(out_dir: Path, ckpt: Path) -> bool:
+    """Whether ``ckpt`` is one of ``out_dir``'s own checkpoints (``out_dir/checkpoints/*``)."""
+    return ckpt.resolve().parent == (Path(out_dir) / "checkpoints").resolve()
+
+
 def newest_checkpoint(run_dir: Path) -> Path | None:
     """The newest complete ``checkpoints/step_N`` of a run directory (incomplete ones skipped
     with a warning), or None."""
@@ -991,7 +996,7 @@ def load_checkpoint(run: Run, ckpt: Path) -> dict:
                 group.update(recipe)
     run.last_metrics = dict(state.get("metrics") or {})
     run.best = best_so_far(run)
-    if Path(ckpt).resolve().parent == (run.out_dir / "checkpoints").resolve():
+    if own_checkpoint(run.out_dir, Path(ckpt)):
         run.rewind = (Path(ckpt), state.get("metrics_bytes"), _index(Path(ckpt), state))
     log.info("resumed from %s (phase %s, step %d)", ckpt, state["phase"], state["step"])
     return state
@@ -1048,7 +1053,7 @@ def _cut_metrics(run: Run, ckpt: Path, size: int | None) -> None:
     log_file = run.out_dir / "metrics.jsonl"
     if size is None or not log_file.is_file() or log_file.stat().st_size <= size:
         return
-    if ckpt.resolve().parent != (run.out_dir / "checkpoints").resolve():
+    if not own_checkpoint(run.out_dir, ckpt):
         return
     with open(log_file, "r+b") as f:
         f.truncate(size)
